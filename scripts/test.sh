@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what the tests
+# need (Nix from Debian, cargo-fuzz), then runs formatting and lint checks,
+# every unit and integration test (against the real Nix), and short fuzz runs.
+#
+#   scripts/test.sh            # everything
+#   FUZZ_SECONDS=0 scripts/test.sh   # skip the fuzz smoke runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+
+log() { printf '\n== %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_nix() {
+  if ! command -v nix-store >/dev/null 2>&1; then
+    log "installing Nix (Debian's nix-bin)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin >/dev/null
+  fi
+  # Building as root in single-user mode needs the build users; Debian's
+  # nix-setup-systemd normally creates them, but it is only a Recommends.
+  if ! getent group nixbld >/dev/null; then as_root groupadd -r nixbld; fi
+  for i in 1 2 3 4; do
+    if ! getent passwd "nixbld$i" >/dev/null; then
+      as_root useradd -r -M -N -g nixbld -G nixbld -s /usr/sbin/nologin "nixbld$i"
+    fi
+  done
+  nix-store --version
+}
+
+ensure_cargo_fuzz() {
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+  fi
+}
+
+ensure_nix
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test"
+cargo test --workspace --locked
+
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  ensure_cargo_fuzz
+  # cargo-fuzz needs nightly-only sanitizer flags; this machine has only
+  # stable Rust, whose compiler accepts them with RUSTC_BOOTSTRAP=1.
+  for target in $(cd fuzz && ls fuzz_targets | sed 's/\.rs$//'); do
+    log "fuzz $target for ${FUZZ_SECONDS}s"
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz "$target" -- \
+      -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 4
+  done
+fi
+
+log "all tests passed"
