@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "nix-outbox", version, about = "Sign and upload Nix build outputs to binary caches, off the build's critical path")]
+#[command(
+    name = "nix-outbox",
+    version,
+    about = "Sign and upload Nix build outputs to binary caches, off the build's critical path"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

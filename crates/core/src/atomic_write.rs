@@ -14,26 +14,39 @@ pub enum AtomicWriteError {
     #[error("{0} already exists; refusing to overwrite it (use --force to replace it)")]
     Exists(PathBuf),
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Atomically makes `path` hold `data` with permission `mode`. With
 /// `overwrite == false` an existing `path` is left untouched and
 /// [`AtomicWriteError::Exists`] returned.
 pub fn write(path: &Path, data: &[u8], mode: u32, overwrite: bool) -> Result<(), AtomicWriteError> {
-    let io = |source| AtomicWriteError::Io { path: path.to_owned(), source };
+    let io = |source| AtomicWriteError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let file_name = path.file_name().ok_or_else(|| io(std::io::Error::other("path has no file name")))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::other("path has no file name")))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".tmp.{}.{}", std::process::id(), unique()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
         // `mode` applies at creation, so a secret never exists with looser bits.
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(data).map_err(io)?;
         f.sync_all().map_err(io)?;
         drop(f);
@@ -76,8 +89,14 @@ mod tests {
         let p = d.path().join("f");
         write(&p, b"one", 0o600, false).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"one");
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert!(matches!(write(&p, b"two", 0o600, false), Err(AtomicWriteError::Exists(_))));
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(
+            write(&p, b"two", 0o600, false),
+            Err(AtomicWriteError::Exists(_))
+        ));
         assert_eq!(std::fs::read(&p).unwrap(), b"one");
         write(&p, b"two", 0o644, true).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");

@@ -16,7 +16,9 @@ pub struct Sha256Hash(pub [u8; 32]);
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HashError {
-    #[error("hash {0:?} is not SHA-256: expected `sha256:<52 nixbase32 chars>`, `sha256-<base64>` or 64 hex digits")]
+    #[error(
+        "hash {0:?} is not SHA-256: expected `sha256:<52 nixbase32 chars>`, `sha256-<base64>` or 64 hex digits"
+    )]
     Unrecognised(String),
     #[error("hash {input:?}: {source}")]
     Nix32 {
@@ -77,8 +79,14 @@ impl Sha256Hash {
             return Ok(Self(bytes.try_into().expect("decode returns 32 bytes")));
         }
         if let Some(rest) = s.strip_prefix("sha256-") {
-            let bytes = BASE64.decode(rest).map_err(|_| HashError::Base64(s.to_owned()))?;
-            return Ok(Self(bytes.try_into().map_err(|_| HashError::Base64(s.to_owned()))?));
+            let bytes = BASE64
+                .decode(rest)
+                .map_err(|_| HashError::Base64(s.to_owned()))?;
+            return Ok(Self(
+                bytes
+                    .try_into()
+                    .map_err(|_| HashError::Base64(s.to_owned()))?,
+            ));
         }
         if s.len() == 64 {
             return Self::from_hex(s);
@@ -146,7 +154,10 @@ mod tests {
     fn spellings_agree() {
         let h = Sha256Hash::digest(b"");
         assert_eq!(h.to_hex(), EMPTY_HEX);
-        assert_eq!(h.to_sri(), "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        assert_eq!(
+            h.to_sri(),
+            "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
         for s in [
             h.to_nix32_string(),
             h.to_sri(),
@@ -163,8 +174,14 @@ mod tests {
         assert!(e.to_string().contains("md5:abc"), "{e}");
         let e = Sha256Hash::parse(&format!("sha256:{}", "e".repeat(52))).unwrap_err();
         assert!(e.to_string().contains("position 0"), "{e}");
-        assert!(matches!(Sha256Hash::parse("sha256-AAAA"), Err(HashError::Base64(_))));
-        assert!(matches!(Sha256Hash::from_hex(&"g".repeat(64)), Err(HashError::Hex(_))));
+        assert!(matches!(
+            Sha256Hash::parse("sha256-AAAA"),
+            Err(HashError::Base64(_))
+        ));
+        assert!(matches!(
+            Sha256Hash::from_hex(&"g".repeat(64)),
+            Err(HashError::Hex(_))
+        ));
     }
 
     #[test]

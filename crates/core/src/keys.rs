@@ -21,20 +21,37 @@ use crate::atomic_write::{self, AtomicWriteError};
 pub enum KeyError {
     #[error("{what} {value:?} is malformed: expected `<name>:<base64>`")]
     NoColon { what: &'static str, value: String },
-    #[error("{what} has an empty or invalid name {name:?}: a key name must be non-empty, without ':' or whitespace")]
+    #[error(
+        "{what} has an empty or invalid name {name:?}: a key name must be non-empty, without ':' or whitespace"
+    )]
     BadName { what: &'static str, name: String },
     #[error("{what} named {name:?}: invalid base64 ({reason})")]
-    Base64 { what: &'static str, name: String, reason: String },
+    Base64 {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
     #[error("{what} named {name:?}: decodes to {got} bytes, expected {expected}")]
-    Length { what: &'static str, name: String, got: usize, expected: usize },
+    Length {
+        what: &'static str,
+        name: String,
+        got: usize,
+        expected: usize,
+    },
     #[error("secret key named {name:?} is corrupt: its public half does not match its seed")]
     Mismatch { name: String },
     #[error("public key named {name:?} is not a valid ed25519 point")]
     BadPoint { name: String },
     #[error("cannot read key file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("key file {path}: {source}")]
-    InFile { path: PathBuf, source: Box<KeyError> },
+    InFile {
+        path: PathBuf,
+        source: Box<KeyError>,
+    },
     #[error(transparent)]
     Write(#[from] AtomicWriteError),
     #[error("cannot get random bytes for a new key: {0}")]
@@ -48,10 +65,17 @@ fn split_key<const N: usize>(what: &'static str, s: &str) -> Result<(String, [u8
         what,
         // Never echo secret material: only the part before any colon exists here anyway,
         // but a secret key without a colon is one long base64 string; show its length only.
-        value: if what == "secret key" { format!("<{} bytes>", s.len()) } else { s.to_owned() },
+        value: if what == "secret key" {
+            format!("<{} bytes>", s.len())
+        } else {
+            s.to_owned()
+        },
     })?;
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(KeyError::BadName { what, name: name.to_owned() });
+        return Err(KeyError::BadName {
+            what,
+            name: name.to_owned(),
+        });
     }
     let bytes = BASE64.decode(b64.trim()).map_err(|e| KeyError::Base64 {
         what,
@@ -69,8 +93,14 @@ fn split_key<const N: usize>(what: &'static str, s: &str) -> Result<(String, [u8
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<(), KeyError> {
-    if name.is_empty() || name.contains(':') || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(KeyError::BadName { what, name: name.to_owned() });
+    if name.is_empty()
+        || name.contains(':')
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(KeyError::BadName {
+            what,
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
@@ -84,7 +114,12 @@ pub struct SecretKey {
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretKey({:?}, public {})", self.name, self.public_key())
+        write!(
+            f,
+            "SecretKey({:?}, public {})",
+            self.name,
+            self.public_key()
+        )
     }
 }
 
@@ -94,7 +129,10 @@ impl SecretKey {
         check_name("key", name)?;
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
-        Ok(Self { name: name.to_owned(), key: SigningKey::from_bytes(&seed) })
+        Ok(Self {
+            name: name.to_owned(),
+            key: SigningKey::from_bytes(&seed),
+        })
     }
 
     /// Parses the contents of a secret key file.
@@ -102,13 +140,18 @@ impl SecretKey {
         let (name, bytes) = split_key::<64>("secret key", s)?;
         // Nix stores seed ‖ public key; a file whose halves disagree would sign
         // with one key and advertise another, so refuse it.
-        let key = SigningKey::from_keypair_bytes(&bytes).map_err(|_| KeyError::Mismatch { name: name.clone() })?;
+        let key = SigningKey::from_keypair_bytes(&bytes)
+            .map_err(|_| KeyError::Mismatch { name: name.clone() })?;
         Ok(Self { name, key })
     }
 
     /// The secret key file's contents (no trailing newline, like Nix).
     pub fn to_file_string(&self) -> String {
-        format!("{}:{}", self.name, BASE64.encode(self.key.to_keypair_bytes()))
+        format!(
+            "{}:{}",
+            self.name,
+            BASE64.encode(self.key.to_keypair_bytes())
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -116,12 +159,18 @@ impl SecretKey {
     }
 
     pub fn public_key(&self) -> PublicKey {
-        PublicKey { name: self.name.clone(), key: self.key.verifying_key() }
+        PublicKey {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+        }
     }
 
     /// Signs `msg` (a narinfo fingerprint), giving the `Sig:` value.
     pub fn sign(&self, msg: &[u8]) -> Signature {
-        Signature { name: self.name.clone(), bytes: self.key.sign(msg).to_bytes() }
+        Signature {
+            name: self.name.clone(),
+            bytes: self.key.sign(msg).to_bytes(),
+        }
     }
 }
 
@@ -135,7 +184,8 @@ pub struct PublicKey {
 impl PublicKey {
     pub fn parse(s: &str) -> Result<Self, KeyError> {
         let (name, bytes) = split_key::<32>("public key", s.trim())?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPoint { name: name.clone() })?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| KeyError::BadPoint { name: name.clone() })?;
         Ok(Self { name, key })
     }
 
@@ -146,7 +196,11 @@ impl PublicKey {
     /// True when `sig` was made by this key over `msg`. A signature by a key
     /// of another name is simply not ours (Nix matches keys by name first).
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> bool {
-        sig.name == self.name && self.key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.bytes)).is_ok()
+        sig.name == self.name
+            && self
+                .key
+                .verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig.bytes))
+                .is_ok()
     }
 }
 
@@ -205,10 +259,16 @@ pub struct LoadedSecretKey {
 /// Reads a secret key file. Loose permissions are not an error (Nix itself
 /// does not check) but the caller must surface the warning.
 pub fn read_secret_key_file(path: &Path) -> Result<LoadedSecretKey, KeyError> {
-    let read_err = |source| KeyError::Read { path: path.to_owned(), source };
+    let read_err = |source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(read_err)?;
     let text = std::fs::read_to_string(path).map_err(read_err)?;
-    let key = SecretKey::parse(&text).map_err(|e| KeyError::InFile { path: path.to_owned(), source: Box::new(e) })?;
+    let key = SecretKey::parse(&text).map_err(|e| KeyError::InFile {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     let permission_warning = (mode & 0o077 != 0).then(|| {
         format!(
@@ -218,18 +278,32 @@ pub fn read_secret_key_file(path: &Path) -> Result<LoadedSecretKey, KeyError> {
             path.display()
         )
     });
-    Ok(LoadedSecretKey { key, permission_warning })
+    Ok(LoadedSecretKey {
+        key,
+        permission_warning,
+    })
 }
 
 pub fn read_public_key_file(path: &Path) -> Result<PublicKey, KeyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
-    PublicKey::parse(&text).map_err(|e| KeyError::InFile { path: path.to_owned(), source: Box::new(e) })
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    PublicKey::parse(&text).map_err(|e| KeyError::InFile {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
 }
 
 /// Writes a key pair the way `nix-store --generate-binary-cache-key` does
 /// (secret 0600, public 0644, no trailing newline), each file atomically.
 /// Refuses to replace an existing file unless `force`.
-pub fn write_key_files(key: &SecretKey, secret: &Path, public: &Path, force: bool) -> Result<(), KeyError> {
+pub fn write_key_files(
+    key: &SecretKey,
+    secret: &Path,
+    public: &Path,
+    force: bool,
+) -> Result<(), KeyError> {
     if !force {
         for p in [secret, public] {
             if p.symlink_metadata().is_ok() {
@@ -238,7 +312,12 @@ pub fn write_key_files(key: &SecretKey, secret: &Path, public: &Path, force: boo
         }
     }
     atomic_write::write(secret, key.to_file_string().as_bytes(), 0o600, force)?;
-    atomic_write::write(public, key.public_key().to_string().as_bytes(), 0o644, force)?;
+    atomic_write::write(
+        public,
+        key.public_key().to_string().as_bytes(),
+        0o644,
+        force,
+    )?;
     Ok(())
 }
 
@@ -256,7 +335,10 @@ mod tests {
         assert_eq!(sk.to_file_string(), SK);
         assert_eq!(sk.public_key().to_string(), PK);
         assert_eq!(PublicKey::parse(PK).unwrap(), sk.public_key());
-        assert!(!format!("{sk:?}").contains("D804M"), "Debug must not leak the secret");
+        assert!(
+            !format!("{sk:?}").contains("D804M"),
+            "Debug must not leak the secret"
+        );
     }
 
     #[test]
@@ -269,24 +351,49 @@ mod tests {
         assert!(!sk.public_key().verify(b"1;fingerprinT", &sig2));
         let other = SecretKey::generate("host-1").unwrap();
         assert!(!other.public_key().verify(b"1;fingerprint", &sig2));
-        let renamed = Signature { name: "host-2".into(), ..sig2 };
+        let renamed = Signature {
+            name: "host-2".into(),
+            ..sig2
+        };
         assert!(!sk.public_key().verify(b"1;fingerprint", &renamed));
     }
 
     #[test]
     fn bad_keys_give_precise_errors() {
-        assert!(matches!(PublicKey::parse("nocolon"), Err(KeyError::NoColon { .. })));
-        assert!(matches!(PublicKey::parse(":AAAA"), Err(KeyError::BadName { .. })));
-        assert!(matches!(PublicKey::parse("k:!!"), Err(KeyError::Base64 { .. })));
-        assert!(matches!(PublicKey::parse("k:AAAA"), Err(KeyError::Length { got: 3, expected: 32, .. })));
+        assert!(matches!(
+            PublicKey::parse("nocolon"),
+            Err(KeyError::NoColon { .. })
+        ));
+        assert!(matches!(
+            PublicKey::parse(":AAAA"),
+            Err(KeyError::BadName { .. })
+        ));
+        assert!(matches!(
+            PublicKey::parse("k:!!"),
+            Err(KeyError::Base64 { .. })
+        ));
+        assert!(matches!(
+            PublicKey::parse("k:AAAA"),
+            Err(KeyError::Length {
+                got: 3,
+                expected: 32,
+                ..
+            })
+        ));
         let e = SecretKey::parse("c2VjcmV0c2VjcmV0").unwrap_err();
-        assert!(!e.to_string().contains("c2Vj"), "error must not echo secret material: {e}");
+        assert!(
+            !e.to_string().contains("c2Vj"),
+            "error must not echo secret material: {e}"
+        );
         // Swap the public half for another key's: refused.
         let a = SecretKey::generate("a").unwrap().key.to_keypair_bytes();
         let b = SecretKey::generate("a").unwrap().key.to_keypair_bytes();
         let mixed = [&a[..32], &b[32..]].concat();
         let s = format!("a:{}", BASE64.encode(mixed));
-        assert!(matches!(SecretKey::parse(&s), Err(KeyError::Mismatch { .. })));
+        assert!(matches!(
+            SecretKey::parse(&s),
+            Err(KeyError::Mismatch { .. })
+        ));
         assert!(SecretKey::generate("bad name").is_err());
         assert!(SecretKey::generate("a:b").is_err());
     }
@@ -297,20 +404,39 @@ mod tests {
         let (sp, pp) = (dir.path().join("sk"), dir.path().join("pk"));
         let sk = SecretKey::generate("h-1").unwrap();
         write_key_files(&sk, &sp, &pp, false).unwrap();
-        assert_eq!(std::fs::metadata(&sp).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&sp).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let loaded = read_secret_key_file(&sp).unwrap();
         assert_eq!(loaded.key.to_file_string(), sk.to_file_string());
         assert!(loaded.permission_warning.is_none());
         assert_eq!(read_public_key_file(&pp).unwrap(), sk.public_key());
         let again = SecretKey::generate("h-2").unwrap();
-        assert!(matches!(write_key_files(&again, &sp, &pp, false), Err(KeyError::Write(AtomicWriteError::Exists(_)))));
-        assert_eq!(read_secret_key_file(&sp).unwrap().key.name(), "h-1", "refused write must leave the old key");
+        assert!(matches!(
+            write_key_files(&again, &sp, &pp, false),
+            Err(KeyError::Write(AtomicWriteError::Exists(_)))
+        ));
+        assert_eq!(
+            read_secret_key_file(&sp).unwrap().key.name(),
+            "h-1",
+            "refused write must leave the old key"
+        );
         write_key_files(&again, &sp, &pp, true).unwrap();
         assert_eq!(read_secret_key_file(&sp).unwrap().key.name(), "h-2");
         std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let w = read_secret_key_file(&sp).unwrap().permission_warning.unwrap();
+        let w = read_secret_key_file(&sp)
+            .unwrap()
+            .permission_warning
+            .unwrap();
         assert!(w.contains("every user") && w.contains("chmod 600"), "{w}");
         std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(read_secret_key_file(&sp).unwrap().permission_warning.unwrap().contains("its group"));
+        assert!(
+            read_secret_key_file(&sp)
+                .unwrap()
+                .permission_warning
+                .unwrap()
+                .contains("its group")
+        );
     }
 }

@@ -15,14 +15,24 @@ pub enum NarInfoError {
     #[error("narinfo line {line}: {source}")]
     Path { line: usize, source: StorePathError },
     #[error("narinfo line {line}: {field}: {source}")]
-    Hash { line: usize, field: &'static str, source: HashError },
+    Hash {
+        line: usize,
+        field: &'static str,
+        source: HashError,
+    },
     #[error("narinfo line {line}: {field} {value:?} is not a non-negative integer")]
-    Number { line: usize, field: &'static str, value: String },
+    Number {
+        line: usize,
+        field: &'static str,
+        value: String,
+    },
     #[error("narinfo line {line}: expected `Key: value`, found {text:?}")]
     Syntax { line: usize, text: String },
     #[error("narinfo line {line}: {field} appears twice")]
     Duplicate { line: usize, field: &'static str },
-    #[error("narinfo is missing required field {0} (a narinfo needs StorePath, URL, NarHash and a non-zero NarSize)")]
+    #[error(
+        "narinfo is missing required field {0} (a narinfo needs StorePath, URL, NarHash and a non-zero NarSize)"
+    )]
     Missing(&'static str),
     #[error("narinfo NarSize is 0; Nix treats such a narinfo as corrupt")]
     ZeroNarSize,
@@ -71,7 +81,13 @@ pub fn fingerprint(
 
 impl NarInfo {
     pub fn fingerprint(&self, store_dir: &StoreDir) -> String {
-        fingerprint(store_dir, &self.store_path, &self.nar_hash, self.nar_size, &self.references)
+        fingerprint(
+            store_dir,
+            &self.store_path,
+            &self.nar_hash,
+            self.nar_size,
+            &self.references,
+        )
     }
 
     /// Adds this key's signature (replacing an older one by the same key name,
@@ -85,9 +101,17 @@ impl NarInfo {
 
     /// The names of the keys among `trusted` with a valid signature here.
     /// Malformed `Sig:` lines are ignored, as Nix ignores them.
-    pub fn valid_signers<'a>(&self, store_dir: &StoreDir, trusted: &'a [PublicKey]) -> Vec<&'a str> {
+    pub fn valid_signers<'a>(
+        &self,
+        store_dir: &StoreDir,
+        trusted: &'a [PublicKey],
+    ) -> Vec<&'a str> {
         let fp = self.fingerprint(store_dir);
-        let sigs: Vec<Signature> = self.sigs.iter().filter_map(|s| Signature::parse(s).ok()).collect();
+        let sigs: Vec<Signature> = self
+            .sigs
+            .iter()
+            .filter_map(|s| Signature::parse(s).ok())
+            .collect();
         trusted
             .iter()
             .filter(|k| sigs.iter().any(|s| k.verify(fp.as_bytes(), s)))
@@ -152,16 +176,41 @@ impl NarInfo {
             if raw.is_empty() {
                 continue;
             }
-            let (key, value) = raw.split_once(": ").or_else(|| raw.strip_suffix(':').map(|k| (k, ""))).ok_or_else(|| {
-                NarInfoError::Syntax { line, text: raw.chars().take(80).collect() }
-            })?;
-            let path = |v: &str| store_dir.parse_path(v).map_err(|source| NarInfoError::Path { line, source });
-            let base = |v: &str| StorePath::from_base_name(v).map_err(|source| NarInfoError::Path { line, source });
-            let hash = |field, v: &str| Sha256Hash::parse(v).map_err(|source| NarInfoError::Hash { line, field, source });
-            let num = |field, v: &str| {
-                v.parse::<u64>().map_err(|_| NarInfoError::Number { line, field, value: v.chars().take(40).collect() })
+            let (key, value) = raw
+                .split_once(": ")
+                .or_else(|| raw.strip_suffix(':').map(|k| (k, "")))
+                .ok_or_else(|| NarInfoError::Syntax {
+                    line,
+                    text: raw.chars().take(80).collect(),
+                })?;
+            let path = |v: &str| {
+                store_dir
+                    .parse_path(v)
+                    .map_err(|source| NarInfoError::Path { line, source })
             };
-            fn set<T>(slot: &mut Option<T>, v: T, line: usize, field: &'static str) -> Result<(), NarInfoError> {
+            let base = |v: &str| {
+                StorePath::from_base_name(v).map_err(|source| NarInfoError::Path { line, source })
+            };
+            let hash = |field, v: &str| {
+                Sha256Hash::parse(v).map_err(|source| NarInfoError::Hash {
+                    line,
+                    field,
+                    source,
+                })
+            };
+            let num = |field, v: &str| {
+                v.parse::<u64>().map_err(|_| NarInfoError::Number {
+                    line,
+                    field,
+                    value: v.chars().take(40).collect(),
+                })
+            };
+            fn set<T>(
+                slot: &mut Option<T>,
+                v: T,
+                line: usize,
+                field: &'static str,
+            ) -> Result<(), NarInfoError> {
                 if slot.replace(v).is_some() {
                     return Err(NarInfoError::Duplicate { line, field });
                 }
@@ -176,10 +225,16 @@ impl NarInfo {
                 "NarHash" => set(&mut nar_hash, hash("NarHash", value)?, line, "NarHash")?,
                 "NarSize" => set(&mut nar_size, num("NarSize", value)?, line, "NarSize")?,
                 "References" => {
-                    let refs = value.split(' ').filter(|r| !r.is_empty()).map(base).collect::<Result<_, _>>()?;
+                    let refs = value
+                        .split(' ')
+                        .filter(|r| !r.is_empty())
+                        .map(base)
+                        .collect::<Result<_, _>>()?;
                     set(&mut references, refs, line, "References")?
                 }
-                "Deriver" if value != "unknown-deriver" => set(&mut deriver, base(value)?, line, "Deriver")?,
+                "Deriver" if value != "unknown-deriver" => {
+                    set(&mut deriver, base(value)?, line, "Deriver")?
+                }
                 "System" => set(&mut system, value.to_owned(), line, "System")?,
                 "Sig" => {
                     sigs.insert(value.to_owned());
@@ -194,8 +249,12 @@ impl NarInfo {
         }
         Ok(Self {
             store_path: store_path.ok_or(NarInfoError::Missing("StorePath"))?,
-            url: url.filter(|u| !u.is_empty()).ok_or(NarInfoError::Missing("URL"))?,
-            compression: compression.filter(|c| !c.is_empty()).unwrap_or_else(|| "bzip2".to_owned()),
+            url: url
+                .filter(|u| !u.is_empty())
+                .ok_or(NarInfoError::Missing("URL"))?,
+            compression: compression
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "bzip2".to_owned()),
             file_hash,
             file_size,
             nar_hash: nar_hash.ok_or(NarInfoError::Missing("NarHash"))?,

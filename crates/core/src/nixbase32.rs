@@ -9,10 +9,16 @@ const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("invalid nixbase32 character {char:?} at position {pos} (allowed: 0-9 a-z without e, o, t, u)")]
+    #[error(
+        "invalid nixbase32 character {char:?} at position {pos} (allowed: 0-9 a-z without e, o, t, u)"
+    )]
     InvalidChar { char: char, pos: usize },
     #[error("nixbase32 string has length {got}, expected {expected} for {bytes} bytes")]
-    BadLength { got: usize, expected: usize, bytes: usize },
+    BadLength {
+        got: usize,
+        expected: usize,
+        bytes: usize,
+    },
     #[error("nixbase32 string has non-zero padding bits; it does not encode {bytes} bytes")]
     NonZeroPadding { bytes: usize },
 }
@@ -30,7 +36,11 @@ pub fn encode(input: &[u8]) -> String {
         let i = b / 8;
         let j = b % 8;
         let lo = input[i] as u16 >> j;
-        let hi = if i + 1 < input.len() { (input[i + 1] as u16) << (8 - j) } else { 0 };
+        let hi = if i + 1 < input.len() {
+            (input[i + 1] as u16) << (8 - j)
+        } else {
+            0
+        };
         out.push(ALPHABET[((lo | hi) & 31) as usize] as char);
     }
     out
@@ -44,7 +54,11 @@ fn digit(c: u8) -> Option<u8> {
 pub fn decode(s: &str, bytes: usize) -> Result<Vec<u8>, DecodeError> {
     let expected = encoded_len(bytes);
     if s.len() != expected {
-        return Err(DecodeError::BadLength { got: s.len(), expected, bytes });
+        return Err(DecodeError::BadLength {
+            got: s.len(),
+            expected,
+            bytes,
+        });
     }
     let mut out = vec![0u8; bytes];
     for (pos, c) in s.bytes().enumerate() {
@@ -102,11 +116,21 @@ mod tests {
     fn rejects_bad_char_and_length() {
         let e = decode(&"e".repeat(32), 20).unwrap_err();
         assert_eq!(e, DecodeError::InvalidChar { char: 'e', pos: 0 });
-        assert!(matches!(decode("00", 20), Err(DecodeError::BadLength { got: 2, expected: 32, .. })));
+        assert!(matches!(
+            decode("00", 20),
+            Err(DecodeError::BadLength {
+                got: 2,
+                expected: 32,
+                ..
+            })
+        ));
         // The top char of a 20-byte encoding only has 0 spare bits... but a 32-byte one has 4.
         let mut s = "0".repeat(52);
         s.replace_range(0..1, "z");
-        assert_eq!(decode(&s, 32), Err(DecodeError::NonZeroPadding { bytes: 32 }));
+        assert_eq!(
+            decode(&s, 32),
+            Err(DecodeError::NonZeroPadding { bytes: 32 })
+        );
     }
 
     proptest! {

@@ -20,23 +20,41 @@ pub const MAX_NAME_LEN: usize = 211;
 pub enum StorePathError {
     #[error("empty path where a store path was expected")]
     Empty,
-    #[error("{path:?} is not directly inside the store directory {store_dir:?} (expected {store_dir}/<hash>-<name>)")]
+    #[error(
+        "{path:?} is not directly inside the store directory {store_dir:?} (expected {store_dir}/<hash>-<name>)"
+    )]
     NotInStore { path: String, store_dir: String },
-    #[error("{path:?} points inside a store path, not at one; pass the top-level store path {top:?}")]
+    #[error(
+        "{path:?} points inside a store path, not at one; pass the top-level store path {top:?}"
+    )]
     SubPath { path: String, top: String },
     #[error("store path {0:?} is too short: expected <32-char hash>-<name>")]
     TooShort(String),
-    #[error("store path {path:?}: hash part has invalid character {char:?} at position {pos} (nixbase32 excludes e, o, t, u)")]
-    BadHashChar { path: String, char: char, pos: usize },
+    #[error(
+        "store path {path:?}: hash part has invalid character {char:?} at position {pos} (nixbase32 excludes e, o, t, u)"
+    )]
+    BadHashChar {
+        path: String,
+        char: char,
+        pos: usize,
+    },
     #[error("store path {0:?}: expected '-' after the 32-character hash part")]
     MissingDash(String),
-    #[error("store path {path:?}: name has invalid character {char:?} at position {pos} (allowed: A-Z a-z 0-9 + - . _ ? =)")]
-    BadNameChar { path: String, char: char, pos: usize },
+    #[error(
+        "store path {path:?}: name has invalid character {char:?} at position {pos} (allowed: A-Z a-z 0-9 + - . _ ? =)"
+    )]
+    BadNameChar {
+        path: String,
+        char: char,
+        pos: usize,
+    },
     #[error("store path {0:?}: name must not start with '.'")]
     DotName(String),
     #[error("store path {path:?}: name is {len} bytes, longer than Nix's limit of {MAX_NAME_LEN}")]
     NameTooLong { path: String, len: usize },
-    #[error("store directory {0:?} must be an absolute, normalised path without a trailing slash (like /nix/store)")]
+    #[error(
+        "store directory {0:?} must be an absolute, normalised path without a trailing slash (like /nix/store)"
+    )]
     BadStoreDir(String),
 }
 
@@ -55,8 +73,14 @@ impl StoreDir {
         let ok = dir.starts_with('/')
             && dir.len() > 1
             && !dir.ends_with('/')
-            && dir[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..");
-        if ok { Ok(Self(dir.to_owned())) } else { Err(StorePathError::BadStoreDir(dir.to_owned())) }
+            && dir[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if ok {
+            Ok(Self(dir.to_owned()))
+        } else {
+            Err(StorePathError::BadStoreDir(dir.to_owned()))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -133,7 +157,11 @@ impl StorePath {
         }
         for (pos, c) in base.char_indices().take_while(|(i, _)| *i < HASH_PART_LEN) {
             if !c.is_ascii() || !nixbase32::is_valid_str(c.encode_utf8(&mut [0; 4])) {
-                return Err(StorePathError::BadHashChar { path: base.to_owned(), char: c, pos });
+                return Err(StorePathError::BadHashChar {
+                    path: base.to_owned(),
+                    char: c,
+                    pos,
+                });
             }
         }
         if base.as_bytes()[HASH_PART_LEN] != b'-' {
@@ -141,7 +169,10 @@ impl StorePath {
         }
         let name = &base[HASH_PART_LEN + 1..];
         if name.len() > MAX_NAME_LEN {
-            return Err(StorePathError::NameTooLong { path: base.to_owned(), len: name.len() });
+            return Err(StorePathError::NameTooLong {
+                path: base.to_owned(),
+                len: name.len(),
+            });
         }
         if let Some((i, c)) = name.char_indices().find(|&(_, c)| !is_name_char(c)) {
             return Err(StorePathError::BadNameChar {
@@ -213,12 +244,16 @@ mod tests {
 
     #[test]
     fn parses_good_paths() {
-        let p = sd().parse_path(&format!("/nix/store/{H}-hello-2.12.1")).unwrap();
+        let p = sd()
+            .parse_path(&format!("/nix/store/{H}-hello-2.12.1"))
+            .unwrap();
         assert_eq!(p.hash_part(), H);
         assert_eq!(p.name(), "hello-2.12.1");
         assert_eq!(sd().display(&p), format!("/nix/store/{H}-hello-2.12.1"));
         assert_eq!(nixbase32::encode(&p.digest()), H);
-        let p = sd().parse_path(&format!("/nix/store/{H}-a+b_c?d=e.drv/")).unwrap();
+        let p = sd()
+            .parse_path(&format!("/nix/store/{H}-a+b_c?d=e.drv/"))
+            .unwrap();
         assert!(p.is_derivation());
         let other = StoreDir::new("/tmp/x/store").unwrap();
         assert!(other.parse_path(&format!("/tmp/x/store/{H}-x")).is_ok());
@@ -230,14 +265,40 @@ mod tests {
         use StorePathError::*;
         let s = sd();
         assert_eq!(s.parse_path(""), Err(Empty));
-        assert!(matches!(s.parse_path("/nix/store/../etc"), Err(NotInStore { .. })));
-        assert!(matches!(s.parse_path("/nix/store/../etc/passwd"), Err(NotInStore { .. })));
-        assert!(matches!(s.parse_path("/nix/store//x"), Err(NotInStore { .. })));
-        assert!(matches!(s.parse_path("nix/store/x"), Err(NotInStore { .. })));
-        assert!(matches!(s.parse_path(&format!("{H}-x")), Err(NotInStore { .. })));
-        assert!(matches!(s.parse_path("/nix/storex/y"), Err(NotInStore { .. })));
-        let e = s.parse_path(&format!("/nix/store/{H}-x/bin/sh")).unwrap_err();
-        assert_eq!(e, SubPath { path: format!("/nix/store/{H}-x/bin/sh"), top: format!("/nix/store/{H}-x") });
+        assert!(matches!(
+            s.parse_path("/nix/store/../etc"),
+            Err(NotInStore { .. })
+        ));
+        assert!(matches!(
+            s.parse_path("/nix/store/../etc/passwd"),
+            Err(NotInStore { .. })
+        ));
+        assert!(matches!(
+            s.parse_path("/nix/store//x"),
+            Err(NotInStore { .. })
+        ));
+        assert!(matches!(
+            s.parse_path("nix/store/x"),
+            Err(NotInStore { .. })
+        ));
+        assert!(matches!(
+            s.parse_path(&format!("{H}-x")),
+            Err(NotInStore { .. })
+        ));
+        assert!(matches!(
+            s.parse_path("/nix/storex/y"),
+            Err(NotInStore { .. })
+        ));
+        let e = s
+            .parse_path(&format!("/nix/store/{H}-x/bin/sh"))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            SubPath {
+                path: format!("/nix/store/{H}-x/bin/sh"),
+                top: format!("/nix/store/{H}-x")
+            }
+        );
         assert!(e.to_string().contains("top-level"));
     }
 
@@ -246,12 +307,41 @@ mod tests {
         use StorePathError::*;
         assert!(matches!(StorePath::from_base_name("abc"), Err(TooShort(_))));
         let e = StorePath::from_base_name(&format!("{}e-x", &H[..31])).unwrap_err();
-        assert!(matches!(e, BadHashChar { char: 'e', pos: 31, .. }), "{e:?}");
-        assert!(matches!(StorePath::from_base_name(&format!("{H}_x")), Err(MissingDash(_))));
+        assert!(
+            matches!(
+                e,
+                BadHashChar {
+                    char: 'e',
+                    pos: 31,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(matches!(
+            StorePath::from_base_name(&format!("{H}_x")),
+            Err(MissingDash(_))
+        ));
         let e = StorePath::from_base_name(&format!("{H}-a b")).unwrap_err();
-        assert!(matches!(e, BadNameChar { char: ' ', pos: 34, .. }), "{e:?}");
-        assert!(matches!(StorePath::from_base_name(&format!("{H}-a*")), Err(BadNameChar { char: '*', .. })));
-        assert!(matches!(StorePath::from_base_name(&format!("{H}-.x")), Err(DotName(_))));
+        assert!(
+            matches!(
+                e,
+                BadNameChar {
+                    char: ' ',
+                    pos: 34,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(matches!(
+            StorePath::from_base_name(&format!("{H}-a*")),
+            Err(BadNameChar { char: '*', .. })
+        ));
+        assert!(matches!(
+            StorePath::from_base_name(&format!("{H}-.x")),
+            Err(DotName(_))
+        ));
         assert!(StorePath::from_base_name(&format!("{H}-{}", "a".repeat(211))).is_ok());
         assert!(matches!(
             StorePath::from_base_name(&format!("{H}-{}", "a".repeat(212))),
@@ -265,7 +355,14 @@ mod tests {
     #[test]
     fn store_dir_rules() {
         assert!(StoreDir::new("/nix/store").is_ok());
-        for bad in ["", "/", "nix/store", "/nix/store/", "/nix/../store", "/nix//store"] {
+        for bad in [
+            "",
+            "/",
+            "nix/store",
+            "/nix/store/",
+            "/nix/../store",
+            "/nix//store",
+        ] {
             assert!(StoreDir::new(bad).is_err(), "{bad}");
         }
     }

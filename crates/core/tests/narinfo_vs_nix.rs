@@ -31,7 +31,11 @@ fn our_narinfo(sd: &StoreDir, path: &str, nar: &mut Vec<u8>) -> NarInfo {
     nar.clear();
     let size = write_nar(Path::new(path), &mut *nar).unwrap();
     let nar_hash = Sha256Hash::digest(nar);
-    assert_eq!(nar_hash, Sha256Hash::parse(&tk::query("--hash", path)).unwrap(), "NarHash of {path}");
+    assert_eq!(
+        nar_hash,
+        Sha256Hash::parse(&tk::query("--hash", path)).unwrap(),
+        "NarHash of {path}"
+    );
     assert_eq!(size.to_string(), tk::query("--size", path));
     let references: BTreeSet<StorePath> = tk::query("--references", path)
         .lines()
@@ -57,7 +61,14 @@ fn our_narinfo(sd: &StoreDir, path: &str, nar: &mut Vec<u8>) -> NarInfo {
     }
 }
 
-fn with_file(mut ni: NarInfo, compression: &str, ext: &str, file: &[u8], key: &SecretKey, sd: &StoreDir) -> NarInfo {
+fn with_file(
+    mut ni: NarInfo,
+    compression: &str,
+    ext: &str,
+    file: &[u8],
+    key: &SecretKey,
+    sd: &StoreDir,
+) -> NarInfo {
     let fh = Sha256Hash::digest(file);
     ni.url = format!("nar/{}.nar{ext}", &fh.to_nix32_string()["sha256:".len()..]);
     ni.compression = compression.to_owned();
@@ -80,8 +91,22 @@ fn narinfo_equals_nix_copy_for_none_and_zstd() {
     let key = read_secret_key_file(&sk_file).unwrap().key;
     let paths = build_paths();
     let (none, zst) = (d.path().join("none"), d.path().join("zstd"));
-    tk::nix_copy_to(&format!("file://{}?compression=none&secret-key={}", none.display(), sk_file.display()), &paths);
-    tk::nix_copy_to(&format!("file://{}?compression=zstd&secret-key={}", zst.display(), sk_file.display()), &paths);
+    tk::nix_copy_to(
+        &format!(
+            "file://{}?compression=none&secret-key={}",
+            none.display(),
+            sk_file.display()
+        ),
+        &paths,
+    );
+    tk::nix_copy_to(
+        &format!(
+            "file://{}?compression=zstd&secret-key={}",
+            zst.display(),
+            sk_file.display()
+        ),
+        &paths,
+    );
 
     let mut nar = Vec::new();
     let mut zstd_identical = 0;
@@ -90,7 +115,11 @@ fn narinfo_equals_nix_copy_for_none_and_zstd() {
 
         // compression=none: the file is the NAR, so every line must match.
         let ours = with_file(base.clone(), "none", "", &nar, &key, &sd).render(&sd);
-        assert_eq!(ours, read_nix_narinfo(&none, &sd, path), "compression=none narinfo of {path}");
+        assert_eq!(
+            ours,
+            read_nix_narinfo(&none, &sd, path),
+            "compression=none narinfo of {path}"
+        );
 
         // compression=zstd: Nix 2.8 compresses through libarchive's zstd
         // filter, we through libzstd at level 3; the frames may differ
@@ -100,19 +129,33 @@ fn narinfo_equals_nix_copy_for_none_and_zstd() {
         let nix_text = read_nix_narinfo(&zst, &sd, path);
         let nix_ni = NarInfo::parse(&sd, nix_text.as_bytes()).unwrap();
         let nix_file = std::fs::read(zst.join(&nix_ni.url)).unwrap();
-        assert_eq!(zstd::decode_all(&nix_file[..]).unwrap(), nar, "Nix's .nar.zst decodes to our NAR");
+        assert_eq!(
+            zstd::decode_all(&nix_file[..]).unwrap(),
+            nar,
+            "Nix's .nar.zst decodes to our NAR"
+        );
         let our_file = zstd::encode_all(&nar[..], 3).unwrap();
         let ours = with_file(base, "zstd", ".zst", &our_file, &key, &sd).render(&sd);
         let tail = |s: &str| s[s.find("NarHash:").unwrap()..].to_owned();
-        assert_eq!(tail(&ours), tail(&nix_text), "zstd narinfo of {path}, from NarHash down");
+        assert_eq!(
+            tail(&ours),
+            tail(&nix_text),
+            "zstd narinfo of {path}, from NarHash down"
+        );
         assert_eq!(ours.lines().next(), nix_text.lines().next());
         assert_eq!(ours.lines().nth(2), Some("Compression: zstd"));
         if our_file == nix_file {
-            assert_eq!(ours, nix_text, "identical compressed bytes must give an identical narinfo");
+            assert_eq!(
+                ours, nix_text,
+                "identical compressed bytes must give an identical narinfo"
+            );
             zstd_identical += 1;
         }
     }
-    eprintln!("zstd files byte-identical to Nix's: {zstd_identical}/{}", paths.len());
+    eprintln!(
+        "zstd files byte-identical to Nix's: {zstd_identical}/{}",
+        paths.len()
+    );
 }
 
 #[test]
@@ -129,14 +172,25 @@ fn cache_written_by_us_passes_nix_store_verify() {
         let base = our_narinfo(&sd, path, &mut nar);
         let ni = with_file(base, "none", "", &nar, &key, &sd);
         std::fs::write(cache.join(&ni.url), &nar).unwrap();
-        std::fs::write(cache.join(format!("{}.narinfo", ni.store_path.hash_part())), ni.render(&sd)).unwrap();
+        std::fs::write(
+            cache.join(format!("{}.narinfo", ni.store_path.hash_part())),
+            ni.render(&sd),
+        )
+        .unwrap();
     }
     let url = format!("file://{}", cache.display());
     let ok = tk::nix_store_verify_all(&url, &key.public_key().to_string());
-    assert!(ok.status.success(), "nix store verify rejected our cache: {}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "nix store verify rejected our cache: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     // The same cache with a wrong trusted key must fail: the check above can fail.
-    let other = SecretKey::generate("niv-ours-1").unwrap().public_key().to_string();
+    let other = SecretKey::generate("niv-ours-1")
+        .unwrap()
+        .public_key()
+        .to_string();
     assert!(!tk::nix_store_verify_all(&url, &other).status.success());
 
     // A tampered fingerprint (NarSize) is caught by Nix and by us.
@@ -146,5 +200,9 @@ fn cache_written_by_us_passes_nix_store_verify() {
     ni.nar_size += 8;
     assert!(ni.valid_signers(&sd, &[key.public_key()]).is_empty());
     std::fs::write(&ni_path, ni.render(&sd)).unwrap();
-    assert!(!tk::nix_store_verify_all(&url, &key.public_key().to_string()).status.success());
+    assert!(
+        !tk::nix_store_verify_all(&url, &key.public_key().to_string())
+            .status
+            .success()
+    );
 }

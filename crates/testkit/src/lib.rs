@@ -32,7 +32,13 @@ pub fn stdout_string(out: &Output) -> String {
 /// no substituters, so nothing waits on cache.nixos.org (unreachable here).
 pub fn nix() -> Command {
     let mut c = Command::new("nix");
-    c.args(["--extra-experimental-features", "nix-command", "--option", "substituters", ""]);
+    c.args([
+        "--extra-experimental-features",
+        "nix-command",
+        "--option",
+        "substituters",
+        "",
+    ]);
     c
 }
 
@@ -47,7 +53,14 @@ pub fn nix_store() -> Command {
 /// attribute set or list of derivations) and returns all their output paths.
 pub fn nix_build(expr: &str) -> Vec<String> {
     let out = run(Command::new("nix-build")
-        .args(["--no-out-link", "--option", "substituters", "", "--expr", expr])
+        .args([
+            "--no-out-link",
+            "--option",
+            "substituters",
+            "",
+            "--expr",
+            expr,
+        ])
         .env_remove("NIX_REMOTE"));
     stdout_string(&out).lines().map(str::to_owned).collect()
 }
@@ -77,8 +90,15 @@ pub fn query(flag: &str, path: &str) -> String {
 
 /// Generates a key pair with Nix's own generator; returns (secret, public) files.
 pub fn nix_generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (sk, pk) = (dir.join(format!("{name}.sk")), dir.join(format!("{name}.pk")));
-    run(Command::new("nix-store").arg("--generate-binary-cache-key").arg(name).arg(&sk).arg(&pk));
+    let (sk, pk) = (
+        dir.join(format!("{name}.sk")),
+        dir.join(format!("{name}.pk")),
+    );
+    run(Command::new("nix-store")
+        .arg("--generate-binary-cache-key")
+        .arg(name)
+        .arg(&sk)
+        .arg(&pk));
     (sk, pk)
 }
 
@@ -91,7 +111,92 @@ pub fn nix_copy_to(url: &str, paths: &[impl AsRef<OsStr>]) {
 /// returns the raw output so tests can assert either outcome.
 pub fn nix_store_verify_all(store_url: &str, trusted_public_keys: &str) -> Output {
     nix()
-        .args(["store", "verify", "--store", store_url, "--trusted-public-keys", trusted_public_keys, "--all"])
+        .args([
+            "store",
+            "verify",
+            "--store",
+            store_url,
+            "--trusted-public-keys",
+            trusted_public_keys,
+            "--all",
+        ])
         .output()
         .expect("run nix store verify")
+}
+
+/// A private `nix-daemon` on its own socket and configuration (the same
+/// store), so tests touch nothing global. Killed by PID on drop.
+pub struct PrivateDaemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: std::process::Child,
+}
+
+impl PrivateDaemon {
+    pub fn start(extra_conf: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            etc.join("nix.conf"),
+            format!("substituters =\nexperimental-features = nix-command\nsandbox = false\n{extra_conf}\n"),
+        )
+        .unwrap();
+        let socket = dir.path().join("daemon.sock");
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        // Never start a daemon with NIX_REMOTE set: one pointing at its own
+        // socket forks workers without end.
+        let child = Command::new("nix-daemon")
+            .env_remove("NIX_REMOTE")
+            .env("NIX_CONF_DIR", &etc)
+            .env("NIX_DAEMON_SOCKET_PATH", &socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start nix-daemon (apt-get install nix-bin)");
+        let d = Self { dir, socket, child };
+        // Wait for the socket (a condition, not a timing assertion); a daemon
+        // that exits early is reported with its log.
+        for _ in 0..3000 {
+            if d.socket.exists() {
+                return d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!(
+            "nix-daemon did not create {} in 30 s: {}",
+            d.socket.display(),
+            d.log()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// PIDs of the worker processes the daemon forked (one per connection).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return pids;
+        };
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                pids.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for PrivateDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -22,7 +22,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let key = SecretKey::generate(&args.name).context("cannot generate a key")?;
-    keys::write_key_files(&key, &args.secret_key_file, &args.public_key_file, args.force)?;
+    keys::write_key_files(
+        &key,
+        &args.secret_key_file,
+        &args.public_key_file,
+        args.force,
+    )?;
     eprintln!(
         "wrote secret key {} and public key {}",
         args.secret_key_file.display(),

@@ -25,7 +25,10 @@ fn nix_written_narinfos_round_trip_byte_for_byte() {
     assert_eq!(top.nar_size, 760);
     assert_eq!(top.file_size, Some(251));
     assert_eq!(top.references.len(), 2);
-    assert_eq!(top.deriver.as_ref().unwrap().as_str(), "b916gggw0ydvlhz4pmw8mwibclyzdik3-top.drv");
+    assert_eq!(
+        top.deriver.as_ref().unwrap().as_str(),
+        "b916gggw0ydvlhz4pmw8mwibclyzdik3-top.drv"
+    );
 }
 
 #[test]
@@ -34,7 +37,10 @@ fn our_signature_equals_nixs_and_verifies() {
     let pk = sk.public_key();
     for text in [TOP_NONE, DEP_NONE] {
         let nix = NarInfo::parse(&sd(), text.as_bytes()).unwrap();
-        assert_eq!(nix.valid_signers(&sd(), std::slice::from_ref(&pk)), vec!["test-1"]);
+        assert_eq!(
+            nix.valid_signers(&sd(), std::slice::from_ref(&pk)),
+            vec!["test-1"]
+        );
         let mut ours = nix.clone();
         ours.sigs.clear();
         ours.sign(&sd(), &sk);
@@ -59,7 +65,10 @@ fn tampered_fingerprint_is_rejected() {
     assert!(t.valid_signers(&sd(), std::slice::from_ref(&pk)).is_empty());
     // Another store dir changes every path in the fingerprint.
     let other = StoreDir::new("/other/store").unwrap();
-    assert!(good.valid_signers(&other, std::slice::from_ref(&pk)).is_empty());
+    assert!(
+        good.valid_signers(&other, std::slice::from_ref(&pk))
+            .is_empty()
+    );
     // Fields outside the fingerprint (URL, compression) do not invalidate it.
     let mut t = good.clone();
     t.url = "nar/elsewhere.nar".into();
@@ -102,7 +111,10 @@ fn lenient_parsing() {
         "sha256:00kjynz8n03652qccs76ivsvark3pr3dfr6w1ba3x7bx83kcknvv",
         &ni.nar_hash.to_sri(),
     );
-    assert_eq!(NarInfo::parse(&sd(), sri.as_bytes()).unwrap().nar_hash, ni.nar_hash);
+    assert_eq!(
+        NarInfo::parse(&sd(), sri.as_bytes()).unwrap().nar_hash,
+        ni.nar_hash
+    );
 }
 
 #[test]
@@ -110,22 +122,36 @@ fn errors_name_the_line_and_field() {
     let e = |t: &str| NarInfo::parse(&sd(), t.as_bytes()).unwrap_err().to_string();
     let base = DEP_NONE;
     let msg = e(&base.replace("NarSize: 120", "NarSize: 12x"));
-    assert!(msg.contains("line 7") && msg.contains("NarSize") && msg.contains("12x"), "{msg}");
+    assert!(
+        msg.contains("line 7") && msg.contains("NarSize") && msg.contains("12x"),
+        "{msg}"
+    );
     let msg = e(&base.replace("StorePath: /nix/store/", "StorePath: /etc/"));
     assert!(msg.contains("line 1") && msg.contains("/etc/"), "{msg}");
     let msg = e(&base.replace("NarHash: sha256:", "NarHash: md5:"));
     assert!(msg.contains("line 6") && msg.contains("NarHash"), "{msg}");
     let msg = e(&base.replace("URL: ", "URL "));
-    assert!(msg.contains("line 2") && msg.contains("Key: value"), "{msg}");
+    assert!(
+        msg.contains("line 2") && msg.contains("Key: value"),
+        "{msg}"
+    );
     assert!(e(&base.replace("NarSize: 120\n", "")).contains("NarSize"));
     assert!(e(&base.replace("NarSize: 120", "NarSize: 0")).contains("corrupt"));
     assert!(e(&format!("{base}NarSize: 1\n")).contains("twice"));
     assert!(e(&base.replace("References: ", "References: ../../etc")).contains("line 8"));
-    assert!(NarInfo::parse(&sd(), b"\xff\xfe").unwrap_err().to_string().contains("UTF-8"));
+    assert!(
+        NarInfo::parse(&sd(), b"\xff\xfe")
+            .unwrap_err()
+            .to_string()
+            .contains("UTF-8")
+    );
 }
 
 fn arb_path() -> impl Strategy<Value = StorePath> {
-    ("[0-9a-dfgi-np-sv-z]{32}", "[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]{0,20}")
+    (
+        "[0-9a-dfgi-np-sv-z]{32}",
+        "[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]{0,20}",
+    )
         .prop_map(|(h, n)| StorePath::from_base_name(&format!("{h}-{n}")).unwrap())
 }
 
@@ -142,20 +168,24 @@ fn arb_narinfo() -> impl Strategy<Value = NarInfo> {
         prop::collection::btree_set("[a-z]{1,8}-[0-9]:[A-Za-z0-9+/]{86}==", 0..3),
         proptest::option::of("fixed:r:sha256:[0-9a-z]{52}"),
     )
-        .prop_map(|(store_path, url, compression, file, nar, nar_size, references, deriver, sigs, ca)| NarInfo {
-            store_path,
-            url,
-            compression: compression.to_owned(),
-            file_hash: file.map(|f| Sha256Hash(f.0)),
-            file_size: file.map(|f| f.1),
-            nar_hash: Sha256Hash(nar),
-            nar_size,
-            references,
-            deriver,
-            system: None,
-            sigs,
-            ca,
-        })
+        .prop_map(
+            |(store_path, url, compression, file, nar, nar_size, references, deriver, sigs, ca)| {
+                NarInfo {
+                    store_path,
+                    url,
+                    compression: compression.to_owned(),
+                    file_hash: file.map(|f| Sha256Hash(f.0)),
+                    file_size: file.map(|f| f.1),
+                    nar_hash: Sha256Hash(nar),
+                    nar_size,
+                    references,
+                    deriver,
+                    system: None,
+                    sigs,
+                    ca,
+                }
+            },
+        )
 }
 
 proptest! {
