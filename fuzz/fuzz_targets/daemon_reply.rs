@@ -8,7 +8,9 @@ use nix_outbox_store::protocol::read_stderr;
 use nix_outbox_store::read_path_info;
 
 fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         // The first byte picks the negotiated minor version, as old and new
         // daemons frame errors and path infos differently.
