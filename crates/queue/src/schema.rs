@@ -1,0 +1,243 @@
+//! Opening the database: connection settings and schema migrations.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::{BUSY_TIMEOUT, Queue, QueueError};
+
+/// The schema version this code writes and understands (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` of a queue database ("NXOB"), so that a stray
+/// SQLite file from another program is recognised instead of being altered.
+const APPLICATION_ID: i64 = 0x4e58_4f42;
+
+/// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`. Append only:
+/// a released migration never changes, since databases in the field ran it.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the initial schema. STRICT makes SQLite reject a value of the
+    // wrong type instead of storing it; the CHECKs keep states and paths
+    // within what the code can read back.
+    r#"
+    CREATE TABLE requests (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at     INTEGER NOT NULL,
+        source          TEXT    NOT NULL CHECK (source IN ('hook', 'spool', 'push')),
+        drv_path        TEXT             CHECK (drv_path <> ''),
+        out_paths       TEXT    NOT NULL,
+        state           TEXT    NOT NULL CHECK (state IN ('new', 'expanded')),
+        attempts        INTEGER NOT NULL CHECK (attempts >= 0),
+        last_error      TEXT,
+        next_attempt_at INTEGER NOT NULL,
+        CONSTRAINT request_names_a_path CHECK (drv_path IS NOT NULL OR out_paths <> '')
+    ) STRICT;
+
+    CREATE INDEX requests_claim ON requests (state, next_attempt_at);
+
+    CREATE TABLE jobs (
+        path            TEXT    NOT NULL
+            CONSTRAINT path_is_a_basename CHECK (path <> '' AND instr(path, '/') = 0),
+        target          TEXT    NOT NULL
+            CONSTRAINT target_is_not_empty CHECK (target <> ''),
+        state           TEXT    NOT NULL
+            CHECK (state IN ('pending', 'in_flight', 'done', 'skipped')),
+        attempts        INTEGER NOT NULL CHECK (attempts >= 0),
+        last_error      TEXT,
+        next_attempt_at INTEGER NOT NULL,
+        -- The oldest request known to need the job; `wait` follows it.
+        request_id      INTEGER NOT NULL REFERENCES requests (id),
+        -- Position within that request's expansion (paths in upload order,
+        -- references first): jobs are claimed in (request_id, seq) order.
+        seq             INTEGER NOT NULL,
+        enqueued_at     INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        PRIMARY KEY (path, target)
+    ) STRICT;
+
+    -- next_wakeup: the earliest due time of pending jobs.
+    CREATE INDEX jobs_due ON jobs (state, next_attempt_at);
+    -- claim_job walks pending jobs in claim order and takes the first that is
+    -- due, without touching the table; outstanding() lists unfinished jobs
+    -- in that order.
+    CREATE INDEX jobs_claim ON jobs (state, request_id, seq, next_attempt_at);
+    -- expand_request: where a request's jobs continue (MAX(seq)).
+    CREATE INDEX jobs_request ON jobs (request_id, seq);
+    "#,
+];
+
+impl Queue {
+    /// Opens (creating if needed) the queue database at `path` and brings its
+    /// schema up to [`SCHEMA_VERSION`]. The directory must already exist: it
+    /// is the daemon's state directory, whose owner and mode the caller
+    /// decides.
+    ///
+    /// Refuses a database written by a newer nix-outbox (a higher schema
+    /// version) rather than misreading it.
+    pub fn open(path: &Path) -> Result<Queue, QueueError> {
+        let open_err = |source| QueueError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        // No SQLITE_OPEN_URI: the path is a file name, never a `file:` URI.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|source| match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                    QueueError::MissingDirectory {
+                        path: path.to_owned(),
+                        dir: dir.to_owned(),
+                    }
+                }
+                _ => open_err(source),
+            })?;
+        // Before anything that locks: switching to WAL and migrating both need
+        // the lock another handle may hold for a moment.
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+
+        // WAL: the CLI can read while the daemon writes, and a commit is one
+        // append to the log. The mode is stored in the file, so this is a
+        // no-op after the first open; SQLite reports the mode it ended up in
+        // rather than failing, hence the check.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(QueueError::NoWal {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        // FULL: in WAL mode, NORMAL may lose the last commits on power loss.
+        // A request is acknowledged to the hook after its commit returns, so
+        // that commit must already be on disk.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        // Per connection, off by default; jobs.request_id relies on it.
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open_err)?;
+
+        let mut queue = Queue {
+            conn,
+            path: path.to_owned(),
+        };
+        queue.migrate()?;
+        Ok(queue)
+    }
+
+    /// Brings the schema to [`SCHEMA_VERSION`], or refuses the file.
+    fn migrate(&mut self) -> Result<(), QueueError> {
+        let path = self.path.clone();
+        let open_err = |source| QueueError::Open {
+            path: path.clone(),
+            source,
+        };
+        // The common case, an up-to-date file, takes no lock: the CLI opening
+        // the queue must not wait for the daemon's write transactions.
+        if check_version(&self.conn, &path)? == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // IMMEDIATE, and the version read again inside: when the daemon and
+        // the CLI open a new file at the same moment, one migrates and the
+        // other then sees the new version instead of creating the tables a
+        // second time.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(open_err)?;
+        let version = check_version(&tx, &path)?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // `check_version` refused anything above SCHEMA_VERSION or negative.
+        let done = usize::try_from(version).unwrap_or(0);
+        for migration in &MIGRATIONS[done..] {
+            tx.execute_batch(migration).map_err(open_err)?;
+        }
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(open_err)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(open_err)?;
+        tx.commit().map_err(open_err)
+    }
+}
+
+/// Returns the schema version of the database if this code can use or
+/// migrate it, and refuses it otherwise.
+fn check_version(conn: &Connection, path: &Path) -> Result<i64, QueueError> {
+    let open_err = |source| QueueError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let not_a_queue = |why: String| QueueError::NotAQueue {
+        path: path.to_owned(),
+        why,
+    };
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(open_err)?;
+    let app_id: i64 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(open_err)?;
+
+    if app_id != APPLICATION_ID && app_id != 0 {
+        return Err(not_a_queue(format!(
+            "its SQLite application id is {app_id:#x}"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(QueueError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if version < 0 {
+        return Err(not_a_queue(format!("its schema version is {version}")));
+    }
+    if version == 0 {
+        // A new file is empty; tables without our version mean the file
+        // belongs to something else.
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+            .map_err(open_err)?;
+        if objects != 0 {
+            return Err(not_a_queue(format!(
+                "it has {objects} schema objects but no schema version"
+            )));
+        }
+    } else if app_id != APPLICATION_ID {
+        return Err(not_a_queue(format!(
+            "it has schema version {version} but no nix-outbox application id"
+        )));
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_cover_every_version() {
+        assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn garbage_file_is_reported_as_not_a_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite");
+        std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+        let err = Queue::open(&path).err().expect("garbage must not open");
+        assert!(
+            matches!(&err, QueueError::Open { source, .. }
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase)),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("move it aside"), "{msg}");
+    }
+}
