@@ -76,6 +76,16 @@ pub fn sh_derivation(name: &str, outputs: &[&str], script: &str) -> String {
     )
 }
 
+/// A fresh random token, so a test's derivations are new on every run (a
+/// derivation that is already valid is not rebuilt and runs no hook).
+pub fn nonce() -> String {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .expect("/dev/urandom");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// `nix-store -qR`: the closure of `paths`.
 pub fn closure(paths: &[String]) -> Vec<String> {
     let out = run(nix_store().arg("-qR").args(paths));
@@ -134,6 +144,12 @@ pub struct PrivateDaemon {
 
 impl PrivateDaemon {
     pub fn start(extra_conf: &str) -> Self {
+        Self::start_with_env(extra_conf, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment for the daemon
+    /// (and so for its post-build-hook, which inherits it).
+    pub fn start_with_env(extra_conf: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let etc = dir.path().join("etc");
         std::fs::create_dir_all(&etc).unwrap();
@@ -150,6 +166,7 @@ impl PrivateDaemon {
             .env_remove("NIX_REMOTE")
             .env("NIX_CONF_DIR", &etc)
             .env("NIX_DAEMON_SOCKET_PATH", &socket)
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
