@@ -1,0 +1,29 @@
+//! Uploading store paths to binary caches that a stock Nix (2.8 and newer)
+//! substitutes from and verifies.
+//!
+//! - [`TargetConfig`] parses a target URL in Nix's store-URI syntax
+//!   (`file:///var/cache/nix?compression=xz`).
+//! - [`Target`] is a cache's storage (today [`FileTarget`]; S3 and HTTP
+//!   next), opened from a config with [`open_target`].
+//! - [`upload_path`] streams one path's NAR from the daemon, compresses,
+//!   checks it against the store's record, and publishes NAR then narinfo;
+//!   [`upload_closure`] does that for a closure, references first.
+//! - [`UploadError::is_transient`] tells the caller how soon to retry.
+
+mod closure_upload;
+mod compress;
+mod error;
+mod file_target;
+mod listing_tee;
+mod pipeline;
+mod sink;
+mod target;
+mod target_url;
+
+pub use closure_upload::{ClosureReport, upload_closure};
+pub use compress::Compression;
+pub use error::{NarDigest, UploadError};
+pub use file_target::FileTarget;
+pub use pipeline::{PathOutcome, upload_path};
+pub use target::{BoxFuture, NarWriter, Target, open_target};
+pub use target_url::{TargetConfig, TargetLocation, TargetUrlError};

@@ -1,0 +1,122 @@
+//! The storage side of a binary cache, independent of where it lives.
+//!
+//! A binary cache is a flat key space: `nix-cache-info`, `<hash>.narinfo`,
+//! `<hash>.ls` and `nar/<file hash>.nar<ext>`. A [`Target`] offers exactly
+//! the operations the upload pipeline needs on it, so a file directory, an
+//! S3 bucket or an HTTP endpoint only differ in how each is carried out.
+//!
+//! The trait is dyn-compatible (the daemon holds `Arc<dyn Target>`), hence
+//! boxed futures rather than `async fn`.
+
+use std::future::Future;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use nix_outbox_core::StoreDir;
+use nix_outbox_core::store_path::HASH_PART_LEN;
+
+use crate::error::UploadError;
+use crate::file_target::FileTarget;
+use crate::target_url::{TargetConfig, TargetLocation};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A binary cache we upload to.
+///
+/// Every write must be atomic: a reader (a substituting Nix) sees either
+/// nothing or the complete object under a key, never a prefix. Ordering
+/// between objects is the caller's business (NAR before narinfo,
+/// references before referrers).
+pub trait Target: Send + Sync {
+    /// The cache's canonical location, e.g. `file:///var/cache/nix`; used
+    /// in messages and as the queue's target id.
+    fn id(&self) -> &str;
+
+    /// Makes the cache usable: checks it is reachable, and writes
+    /// `nix-cache-info` (`StoreDir: <store dir>`) if it is missing. Fails
+    /// if the cache belongs to another store directory. Cheap after the
+    /// first success.
+    fn ensure_cache_info<'a>(
+        &'a self,
+        store_dir: &'a StoreDir,
+    ) -> BoxFuture<'a, Result<(), UploadError>>;
+
+    /// Whether `<hash_part>.narinfo` exists, i.e. the path is in the cache.
+    fn has_narinfo<'a>(&'a self, hash_part: &'a str) -> BoxFuture<'a, Result<bool, UploadError>>;
+
+    /// Writes (or replaces) `<hash_part>.narinfo`.
+    fn put_narinfo<'a>(
+        &'a self,
+        hash_part: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), UploadError>>;
+
+    /// Writes (or replaces) the `<hash_part>.ls` file listing (JSON).
+    fn put_listing<'a>(
+        &'a self,
+        hash_part: &'a str,
+        json: &'a str,
+    ) -> BoxFuture<'a, Result<(), UploadError>>;
+
+    /// Starts a NAR upload whose name is only known once all of it has been
+    /// written (it is named after the hash of the compressed bytes).
+    fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>>;
+}
+
+/// A NAR upload in progress. Bytes are written synchronously (the pipeline
+/// runs on a blocking thread); nothing is visible in the cache until
+/// [`finish`](NarWriter::finish).
+///
+/// `write` errors should be [`UploadError`]s wrapped with
+/// [`UploadError::into_io`], so the pipeline can report them precisely.
+/// Dropping a writer without finishing it must abandon the upload (best
+/// effort, without blocking for long): the pipeline's writer is dropped
+/// inside the store client when the NAR stream fails.
+pub trait NarWriter: Write + Send {
+    /// Makes everything written so far durable and visible as
+    /// `nar/<file_name>`, atomically. Replacing an existing NAR of that name
+    /// is fine: the name is the hash of the content.
+    fn finish(self: Box<Self>, file_name: String) -> BoxFuture<'static, Result<(), UploadError>>;
+
+    /// Abandons the upload and waits until its partial data is gone.
+    fn abort(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Opens the target a parsed URL describes.
+pub fn open_target(cfg: &TargetConfig) -> Arc<dyn Target> {
+    match &cfg.location {
+        TargetLocation::File { root } => Arc::new(FileTarget::new(root.clone())),
+    }
+}
+
+/// Refuses a hash part that could name anything but a store path's narinfo
+/// (a `/` or `..` would escape the cache). Callers pass
+/// `StorePath::hash_part()`, so this only catches bugs.
+pub(crate) fn check_hash_part(hash_part: &str) -> Result<(), UploadError> {
+    let ok =
+        hash_part.len() == HASH_PART_LEN && nix_outbox_core::nixbase32::is_valid_str(hash_part);
+    if ok {
+        Ok(())
+    } else {
+        Err(UploadError::Internal(format!(
+            "{hash_part:?} is not a store path hash part"
+        )))
+    }
+}
+
+/// Refuses a NAR file name other than `<nixbase32>.nar[.ext]`.
+pub(crate) fn check_nar_name(name: &str) -> Result<(), UploadError> {
+    let ok = name.split_once(".nar").is_some_and(|(hash, ext)| {
+        !hash.is_empty()
+            && nix_outbox_core::nixbase32::is_valid_str(hash)
+            && matches!(ext, "" | ".xz" | ".zst")
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(UploadError::Internal(format!(
+            "{name:?} is not a NAR file name"
+        )))
+    }
+}
