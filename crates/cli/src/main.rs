@@ -19,14 +19,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon in the foreground.
+    Daemon(cmd::daemon::Args),
+    /// Enqueue store paths (and their closures) by hand.
+    Push(cmd::push::Args),
+    /// Show the queue per target: pending, in flight, failing with their last error.
+    Status(cmd::status::Args),
+    /// Wait until everything accepted so far is uploaded.
+    Wait(cmd::wait::Args),
     /// Generate a signing key pair, compatible with `nix-store --generate-binary-cache-key`.
     Keygen(cmd::keygen::Args),
+    /// Validate and explain the effective configuration.
+    CheckConfig(cmd::check_config::Args),
 }
 
 fn main() -> std::process::ExitCode {
+    // Logs go to stderr; RUST_LOG overrides the default level (info).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Keygen(args) => cmd::keygen::run(args),
+        Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Push(a) => cmd::push::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Wait(a) => cmd::wait::run(a),
+        Command::Keygen(a) => cmd::keygen::run(a),
+        Command::CheckConfig(a) => cmd::check_config::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,215 @@
+//! `nix-outbox daemon [--config FILE]`: runs the daemon in the foreground.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, bail};
+use nix_outbox::config::Config;
+use nix_outbox::service::{self, Service, TargetEntry};
+use nix_outbox_core::keys::{self, SecretKey};
+use nix_outbox_queue::Queue;
+use nix_outbox_store::{StoreAddress, StorePool};
+use nix_outbox_upload::{TargetLocation, open_target};
+use tokio::net::UnixListener;
+use tokio::sync::{Notify, watch};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Configuration file (default: $NIX_OUTBOX_CONFIG, then /etc/nix-outbox/config.toml, then built-in defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = Config::load(args.config.as_deref())?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    cfg.ensure_state_dir()?;
+    let (keys, generated) = load_or_generate_keys(&cfg)?;
+    if generated || cfg.default_target || cfg.source == "built-in defaults" {
+        eprintln!("{}", nix_conf_advice(&cfg, &keys));
+    }
+    for t in &cfg.targets {
+        // Like `nix copy --to file://DIR`, a missing cache directory is
+        // created (once, at start; uploads never create it).
+        if let TargetLocation::File { root } = &t.location {
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("cannot create the cache directory {}", root.display()))?;
+        }
+    }
+    let queue = Queue::open(&cfg.queue_path())?;
+    let address = StoreAddress::from_env()?;
+    let pool = StorePool::new(address, cfg.store_dir.clone(), cfg.workers + 2);
+    let targets = cfg
+        .targets
+        .iter()
+        .map(|c| TargetEntry {
+            id: c.id(),
+            target: open_target(c),
+            config: c.clone(),
+        })
+        .collect();
+    let listener = bind_socket(&cfg)?;
+    tracing::info!(
+        "nix-outbox daemon listening on {} (config: {}); uploading to {}",
+        cfg.socket.display(),
+        cfg.source,
+        cfg.targets
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let svc = Arc::new(Service {
+        store_dir: cfg.store_dir.clone(),
+        pool,
+        targets,
+        keys,
+        spool_dir: cfg.spool_dir(),
+        workers: cfg.workers,
+        queue: Arc::new(Mutex::new(queue)),
+        wake: Notify::new(),
+    });
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("stopping; interrupted uploads resume at the next start");
+        let _ = tx.send(true);
+    });
+    let res = service::run(svc, listener, rx).await;
+    let _ = std::fs::remove_file(&cfg.socket);
+    res
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Loads the configured keys, or with none configured, the embedded
+/// default key `<state-dir>/keys/<host>-outbox-1`, generated on first use.
+fn load_or_generate_keys(cfg: &Config) -> anyhow::Result<(Vec<SecretKey>, bool)> {
+    let mut out = Vec::new();
+    let mut generated = false;
+    let files = if cfg.secret_key_files.is_empty() {
+        let name = format!("{}-outbox-1", hostname());
+        let (sk, pk) = (
+            cfg.keys_dir().join(format!("{name}.sk")),
+            cfg.keys_dir().join(format!("{name}.pk")),
+        );
+        if !sk.exists() {
+            create_private_dir(&cfg.keys_dir())?;
+            let key = SecretKey::generate(&name)?;
+            keys::write_key_files(&key, &sk, &pk, false)?;
+            eprintln!(
+                "nix-outbox: generated signing key {} (public key in {})",
+                sk.display(),
+                pk.display()
+            );
+            generated = true;
+        }
+        vec![sk]
+    } else {
+        cfg.secret_key_files.clone()
+    };
+    for f in files {
+        let loaded = keys::read_secret_key_file(&f)?;
+        if let Some(w) = &loaded.permission_warning {
+            // Loud on purpose: both in the log and on the terminal.
+            tracing::warn!("{w}");
+            eprintln!("nix-outbox: WARNING: {w}");
+        }
+        out.push(loaded.key);
+    }
+    Ok((out, generated))
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty() && SecretKey::generate(h).is_ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn nix_conf_advice(cfg: &Config, keys: &[SecretKey]) -> String {
+    let hook = std::env::current_exe()
+        .map(|e| e.with_file_name("nix-outbox-hook"))
+        .unwrap_or_else(|_| PathBuf::from("/usr/local/bin/nix-outbox-hook"));
+    let pks: Vec<String> = keys.iter().map(|k| k.public_key().to_string()).collect();
+    // What Nix reads from is the cache without our upload options.
+    let caches: Vec<String> = cfg.targets.iter().map(|t| t.location.to_string()).collect();
+    format!(
+        "nix-outbox: add to /etc/nix/nix.conf on this machine, then restart nix-daemon:\n    post-build-hook = {}\n\
+         nix-outbox: and on every machine that should use the cache:\n    extra-substituters = {}\n    extra-trusted-public-keys = {}",
+        hook.display(),
+        caches.join(" "),
+        pks.join(" ")
+    )
+}
+
+fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
+    let path = &cfg.socket;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another nix-outbox daemon is already listening on {}; stop it first",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Root-only by default: only root may enqueue (the hook runs as root under
+    // nix-daemon). A configured group gets access too.
+    let mode = match &cfg.socket_group {
+        None => 0o600,
+        Some(group) => {
+            let gid = group_id(group)?;
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+            // SAFETY: c is a valid NUL-terminated path; -1 keeps the owner.
+            if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
+                bail!(
+                    "cannot give group {group} the socket {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            0o660
+        }
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    let text = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .with_context(|| format!("socket-group {name:?} does not exist in /etc/group"))
+}

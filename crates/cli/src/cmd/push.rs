@@ -1,0 +1,120 @@
+//! `nix-outbox push [--config FILE] [--wait] PATH...`: enqueue paths (and,
+//! through the upload, their closures) by hand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use nix_outbox::config::Config;
+use nix_outbox_core::StorePath;
+use nix_outbox_hook::client;
+use nix_outbox_hook::protocol::{HookRequest, MAX_OUT_PATHS};
+use nix_outbox_queue::{Queue, Source};
+
+use super::wait;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Wait until these paths (and everything accepted before them) are uploaded.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds (default: wait forever).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Store paths to upload, e.g. ./result or /nix/store/…-hello-2.12.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = Config::load(args.config.as_deref())?;
+    let sd = &cfg.store_dir;
+    let mut paths: Vec<StorePath> = Vec::new();
+    let mut bad = Vec::new();
+    for p in &args.paths {
+        // `./result` symlinks are what users have at hand: resolve them, but
+        // only accept what lands directly in the store.
+        let resolved = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        match sd.parse_os_path(&resolved) {
+            Ok(sp) if !paths.contains(&sp) => paths.push(sp),
+            Ok(_) => {}
+            Err(e) => bad.push(format!("  {}: {e}", p.display())),
+        }
+    }
+    if !bad.is_empty() {
+        bail!("not store paths (nothing was queued):\n{}", bad.join("\n"));
+    }
+    let mut last_id = 0;
+    let count = paths.len();
+    for req in batches(paths, sd) {
+        let timeout = Duration::from_millis(cfg.hook_timeout_ms.max(5000));
+        last_id = match client::send(&cfg.socket, &req, sd, timeout) {
+            Ok(id) => id as i64,
+            Err(e) => {
+                // No daemon: commit straight to the queue; the daemon picks it
+                // up when it starts. Still durable, still nothing lost.
+                let outs: Vec<String> = req.out_paths.iter().map(|p| sd.display(p)).collect();
+                cfg.ensure_state_dir()?;
+                let mut q = Queue::open(&cfg.queue_path())?;
+                let id = q.add_request(Source::Push, None, &outs, nix_outbox::service::now())?;
+                eprintln!(
+                    "nix-outbox: daemon not reachable at {} ({e}); queued directly in {}",
+                    cfg.socket.display(),
+                    cfg.queue_path().display()
+                );
+                id
+            }
+        };
+    }
+    eprintln!("queued {count} path(s) (request {last_id})");
+    if args.wait {
+        return wait::wait_for(&cfg, last_id, args.timeout);
+    }
+    Ok(())
+}
+
+/// Splits `paths` into requests that each fit one hook frame (at most
+/// [`MAX_OUT_PATHS`] paths and the frame's byte limit).
+fn batches(paths: Vec<StorePath>, sd: &nix_outbox_core::StoreDir) -> Vec<HookRequest> {
+    let mut out = Vec::new();
+    let mut cur = HookRequest::default();
+    for p in paths {
+        cur.out_paths.push(p);
+        if cur.out_paths.len() > MAX_OUT_PATHS || !cur.fits(sd) {
+            let last = cur.out_paths.pop().expect("just pushed");
+            out.push(std::mem::take(&mut cur));
+            cur.out_paths.push(last);
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix_outbox_core::StoreDir;
+
+    #[test]
+    fn batches_fit_the_frame() {
+        let sd = StoreDir::default();
+        let paths: Vec<StorePath> = (0..3000)
+            .map(|i| {
+                StorePath::from_base_name(&format!("{}-some-package-name-{i:05}", "a".repeat(32)))
+                    .unwrap()
+            })
+            .collect();
+        let b = batches(paths.clone(), &sd);
+        assert!(b.len() >= 3);
+        assert!(
+            b.iter()
+                .all(|r| r.fits(&sd) && r.out_paths.len() <= MAX_OUT_PATHS)
+        );
+        let flat: Vec<StorePath> = b.into_iter().flat_map(|r| r.out_paths).collect();
+        assert_eq!(flat, paths);
+    }
+}

@@ -1,0 +1,267 @@
+//! Running the real thing end to end: a private nix-daemon (Nix 2.8 on the
+//! host) whose post-build-hook is our built `nix-outbox-hook`, and the
+//! `nix-outbox` daemon as a separate process, like in production.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix_outbox_testkit as tk;
+
+pub fn outbox_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nix-outbox"))
+}
+
+/// The hook binary lives in another package of the workspace; build it on
+/// demand (a no-op when `cargo test --workspace` already did).
+pub fn hook_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let path = outbox_bin().with_file_name("nix-outbox-hook");
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        tk::run(Command::new(cargo).args([
+            "build",
+            "-p",
+            "nix-outbox-hook",
+            "--bin",
+            "nix-outbox-hook",
+        ]));
+    });
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A configured outbox in a temp dir: config file, key pair, file:// cache.
+pub struct Outbox {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub cache: PathBuf,
+    pub public_key: String,
+    daemon: Option<Child>,
+}
+
+impl Outbox {
+    pub fn new(compression: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (sk, pk) = (d.join("k.sk"), d.join("k.pk"));
+        tk::run(
+            Command::new(outbox_bin())
+                .args(["keygen", "e2e-test-1", "--secret-key-file"])
+                .arg(&sk)
+                .arg("--public-key-file")
+                .arg(&pk),
+        );
+        let cache = d.join("cache");
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state-dir = {:?}\nsocket = {:?}\nsecret-key-files = [{:?}]\ntargets = [\"file://{}?compression={compression}\"]\nhook-timeout-ms = 3000\n",
+                d.join("state"),
+                d.join("hook.sock"),
+                sk,
+                cache.display()
+            ),
+        )
+        .unwrap();
+        let public_key = std::fs::read_to_string(&pk).unwrap();
+        Self {
+            dir,
+            config,
+            cache,
+            public_key,
+            daemon: None,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("hook.sock")
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("state/spool")
+    }
+
+    pub fn spooled(&self) -> usize {
+        std::fs::read_dir(self.spool())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".req"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// A private nix-daemon whose builds run our hook with this config.
+    pub fn nix_daemon(&self) -> tk::PrivateDaemon {
+        tk::PrivateDaemon::start_with_env(
+            &format!("post-build-hook = {}", hook_bin().display()),
+            &[("NIX_OUTBOX_CONFIG", self.config.to_str().unwrap())],
+        )
+    }
+
+    /// Starts `nix-outbox daemon`, reaching the store through `nix_remote`
+    /// (None: unset, i.e. `nix-daemon --stdio` as root), and waits for its socket.
+    pub fn start(&mut self, nix_remote: Option<&Path>) {
+        let _ = std::fs::remove_file(self.dir.path().join("outbox.log.prev"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("outbox.log"))
+            .unwrap();
+        let mut cmd = Command::new(outbox_bin());
+        cmd.args(["daemon", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info,nix_daemon=warn");
+        match nix_remote {
+            Some(s) => cmd.env("NIX_REMOTE", format!("unix://{}", s.display())),
+            None => cmd.env_remove("NIX_REMOTE"),
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        for _ in 0..3000 {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("nix-outbox daemon exited ({status}): {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "nix-outbox daemon did not listen within 30 s: {}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("outbox.log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(outbox_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    /// `nix-outbox wait`, asserting success with the daemon's log on failure.
+    pub fn wait(&self) {
+        let out = self.cli(&["wait", "--timeout", "120"]);
+        assert!(
+            out.status.success(),
+            "wait failed: {}\n--- daemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    pub fn cache_url(&self) -> String {
+        format!("file://{}", self.cache.display())
+    }
+
+    /// The cache passes `nix store verify --all` with our key, and every
+    /// narinfo's NAR file exists.
+    pub fn assert_cache_valid(&self) {
+        let out = tk::nix_store_verify_all(&self.cache_url(), &self.public_key);
+        assert!(
+            out.status.success(),
+            "nix store verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for e in std::fs::read_dir(&self.cache).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(_hash) = name.strip_suffix(".narinfo") {
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+                assert!(
+                    self.cache.join(url).exists(),
+                    "{name} points to missing {url}"
+                );
+            }
+        }
+    }
+
+    pub fn has(&self, path: &str) -> bool {
+        let hash = &Path::new(path).file_name().unwrap().to_str().unwrap()[..32];
+        self.cache.join(format!("{hash}.narinfo")).exists()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An expression building `n` groups of derivations with references and
+/// several outputs: leaf → mid (out, dev, both referring to leaf) → top
+/// (refers to mid.out and mid.dev), plus `big_mib` MiB of data in each top.
+/// Returns the expression, which evaluates to a list of all outputs.
+pub fn graph_expr(tag: &str, groups: usize, big_mib: usize) -> String {
+    let nonce = tk::nonce();
+    let mut items = Vec::new();
+    for g in 0..groups {
+        let leaf = tk::sh_derivation(
+            &format!("{tag}-leaf{g}"),
+            &["out"],
+            &format!("echo {nonce} {g} > $out"),
+        );
+        let mid = tk::sh_derivation(
+            &format!("{tag}-mid{g}"),
+            &["out", "dev"],
+            "mkdir -p $out/bin; echo LEAF > $out/bin/tool; chmod +x $out/bin/tool; echo $out LEAF > $dev",
+        )
+        .replace("LEAF", &format!("${{{leaf}}}"));
+        let top = tk::sh_derivation(
+            &format!("{tag}-top{g}"),
+            &["out"],
+            &format!(
+                "mkdir -p $out; echo MIDOUT MIDDEV > $out/refs; ln -s MIDOUT/bin/tool $out/tool; head -c {} /dev/urandom > $out/blob",
+                big_mib * 1024 * 1024 + g
+            ),
+        )
+        .replace("MIDOUT", "${mid.out}")
+        .replace("MIDDEV", "${mid.dev}");
+        items.push(format!("(let mid = {mid}; in [ mid.out mid.dev ({top}) ])"));
+    }
+    format!("builtins.concatLists [ {} ]", items.join(" "))
+}
+
+/// Builds through the private daemon; the hook runs after each build.
+pub fn build_via(daemon: &tk::PrivateDaemon, expr: &str) -> Vec<String> {
+    let out = tk::run(
+        Command::new("nix-build")
+            .args([
+                "--no-out-link",
+                "--option",
+                "substituters",
+                "",
+                "--expr",
+                expr,
+            ])
+            .env("NIX_REMOTE", format!("unix://{}", daemon.socket.display())),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("post-build-hook") || !stderr.contains("failed"),
+        "{stderr}"
+    );
+    tk::stdout_string(&out).lines().map(str::to_owned).collect()
+}
