@@ -162,17 +162,10 @@ fn single_user_mode_without_a_nix_daemon() {
     outbox.start(None);
     let expr = graph_expr("single", 2, 0);
     let out = tk::run(
-        Command::new("nix-build")
-            .args([
-                "--no-out-link",
-                "--option",
-                "substituters",
-                "",
-                "--option",
-                "post-build-hook",
-            ])
+        tk::nix_build_cmd(&expr)
+            .arg("--option")
+            .arg("post-build-hook")
             .arg(support::hook_bin())
-            .args(["--expr", &expr])
             .env_remove("NIX_REMOTE")
             .env("NIX_OUTBOX_CONFIG", &outbox.config),
     );

@@ -52,17 +52,23 @@ pub fn nix_store() -> Command {
 /// Builds the derivations that the Nix expression `expr` evaluates to (an
 /// attribute set or list of derivations) and returns all their output paths.
 pub fn nix_build(expr: &str) -> Vec<String> {
-    let out = run(Command::new("nix-build")
-        .args([
-            "--no-out-link",
-            "--option",
-            "substituters",
-            "",
-            "--expr",
-            expr,
-        ])
-        .env_remove("NIX_REMOTE"));
+    let out = run(nix_build_cmd(expr).env_remove("NIX_REMOTE"));
     stdout_string(&out).lines().map(str::to_owned).collect()
+}
+
+/// The `nix-build` command [`nix_build`] runs, for callers that add their
+/// own store, options or environment (for the post-build-hook).
+pub fn nix_build_cmd(expr: &str) -> Command {
+    let mut cmd = Command::new("nix-build");
+    cmd.args([
+        "--no-out-link",
+        "--option",
+        "substituters",
+        "",
+        "--expr",
+        expr,
+    ]);
+    cmd
 }
 
 /// A derivation expression with no nixpkgs: `/bin/sh -c script`, with the

@@ -250,16 +250,7 @@ pub fn graph_expr(tag: &str, groups: usize, big_mib: usize) -> String {
 /// Builds through the private daemon; the hook runs after each build.
 pub fn build_via(daemon: &tk::PrivateDaemon, expr: &str) -> Vec<String> {
     let out = tk::run(
-        Command::new("nix-build")
-            .args([
-                "--no-out-link",
-                "--option",
-                "substituters",
-                "",
-                "--expr",
-                expr,
-            ])
-            .env("NIX_REMOTE", format!("unix://{}", daemon.socket.display())),
+        tk::nix_build_cmd(expr).env("NIX_REMOTE", format!("unix://{}", daemon.socket.display())),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
