@@ -39,6 +39,11 @@ ensure_cargo_fuzz() {
 }
 
 ensure_nix
+# The S3 and HTTP target tests run against a real s3s-fs and a real nginx;
+# the tests find them where these scripts put them.
+log "installing the test servers (s3s-fs, nginx)"
+scripts/s3s.sh >/dev/null
+scripts/nginx-webdav.sh install >/dev/null
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -58,6 +58,15 @@ pub enum QueueError {
         reason: String,
     },
 
+    #[error(
+        "cannot record {path:?} as present in target {target:?}: {reason}; nothing from this batch was recorded"
+    )]
+    InvalidPresent {
+        path: String,
+        target: String,
+        reason: String,
+    },
+
     #[error("there is no request {0} in the queue")]
     NoSuchRequest(i64),
 

@@ -2,7 +2,8 @@
 //!
 //! Two tables: `requests` (one row per accepted hook, spool or push request,
 //! as received) and `jobs` (one row per store path and target, the unit of
-//! upload). The daemon expands each request into jobs once the store has
+//! upload); plus `present`, a cache of which paths each target was recently
+//! seen to hold. The daemon expands each request into jobs once the store has
 //! told it which paths the request stands for, then claims and finishes jobs.
 //!
 //! The API is synchronous: the daemon calls it from a dedicated thread or
@@ -75,12 +76,14 @@ macro_rules! text_enum {
 
 mod error;
 mod jobs;
+mod present;
 mod requests;
 mod schema;
 mod status;
 
 pub use error::QueueError;
 pub use jobs::{Job, JobState};
+pub use present::PRESENT_CHUNK;
 pub use requests::{MAX_PATH_BYTES, MAX_PATHS, Request, RequestState, Source};
 pub use schema::SCHEMA_VERSION;
 pub use status::{Outstanding, Status, TargetStatus};

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::{BUSY_TIMEOUT, Queue, QueueError};
 
 /// The schema version this code writes and understands (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a queue database ("NXOB"), so that a stray
 /// SQLite file from another program is recognised instead of being altered.
@@ -63,6 +63,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_claim ON jobs (state, request_id, seq, next_attempt_at);
     -- expand_request: where a request's jobs continue (MAX(seq)).
     CREATE INDEX jobs_request ON jobs (request_id, seq);
+    "#,
+    // 1 -> 2: the known-present cache (src/present.rs). A cache of what the
+    // targets hold, not a record of accepted work: losing rows only costs
+    // extra existence checks. WITHOUT ROWID because every access is by the
+    // primary key (or its target prefix) and the rows are tiny.
+    r#"
+    CREATE TABLE present (
+        target     TEXT    NOT NULL
+            CONSTRAINT present_target_is_not_empty CHECK (target <> ''),
+        -- What the target is asked about: the daemon stores hash parts.
+        path       TEXT    NOT NULL
+            CONSTRAINT present_path_is_a_name CHECK (path <> '' AND instr(path, '/') = 0),
+        checked_at INTEGER NOT NULL,
+        PRIMARY KEY (target, path)
+    ) STRICT, WITHOUT ROWID;
     "#,
 ];
 
@@ -223,6 +238,85 @@ mod tests {
     #[test]
     fn migrations_cover_every_version() {
         assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);
+    }
+
+    /// A file exactly as the version 1 code left it: the first migration,
+    /// its pragmas, and some work in every state.
+    fn v1_file(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO requests (received_at, source, drv_path, out_paths, state,
+                                   attempts, last_error, next_attempt_at)
+             VALUES (10, 'hook', '/nix/store/dddd-d.drv', '', 'expanded', 1, NULL, 10),
+                    (11, 'spool', NULL, '/nix/store/eeee-e', 'new', 2, 'store down', 99);
+             INSERT INTO jobs (path, target, state, attempts, last_error, next_attempt_at,
+                               request_id, seq, enqueued_at, updated_at)
+             VALUES ('aaaa-a', 'file:///c', 'done', 1, NULL, 10, 1, 0, 10, 12),
+                    ('bbbb-b', 'file:///c', 'pending', 3, 'disk full', 50, 1, 1, 10, 20);",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn version_1_is_migrated_keeping_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite");
+        v1_file(&path);
+
+        let mut q = Queue::open(&path).unwrap();
+        let version: i64 = q
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+
+        let jobs = q.jobs().unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[1].path, "bbbb-b");
+        assert_eq!(jobs[1].attempts, 3);
+        assert_eq!(jobs[1].last_error.as_deref(), Some("disk full"));
+        let new = q.request(2).unwrap().unwrap();
+        assert_eq!(new.out_paths, ["/nix/store/eeee-e"]);
+        assert_eq!(new.last_error.as_deref(), Some("store down"));
+        // Work goes on where it stopped, and the new table is there.
+        assert_eq!(q.claim_job(50).unwrap().unwrap().path, "bbbb-b");
+        q.mark_present("file:///c", &["aaaa".into()], 60).unwrap();
+        assert_eq!(q.present_entries("file:///c", 60, 10).unwrap().len(), 1);
+        drop(q);
+
+        // Reopening finds version 2 and migrates nothing twice.
+        let q = Queue::open(&path).unwrap();
+        assert_eq!(q.jobs().unwrap().len(), 2);
+        assert_eq!(q.present_entries("file:///c", 60, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_migration_leaves_version_1_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sqlite");
+        v1_file(&path);
+        // Something already named like the new table makes migration 2 fail.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE present (x)")
+            .unwrap();
+        let err = Queue::open(&path).err().expect("migration must fail");
+        assert!(err.to_string().contains("already exists"), "{err}");
+
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 1, "the transaction rolled back");
+        let jobs: i64 = conn
+            .query_row("SELECT count(*) FROM jobs", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(jobs, 2);
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! machine. Nothing here mocks Nix: when `nix-store` is missing the tests
 //! fail loudly (the test command installs it), they never skip.
 
+pub mod net;
+pub mod s3;
+pub mod webdav;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -61,8 +61,42 @@ pub enum UploadError {
         compression: &'static str,
         source: io::Error,
     },
+    /// A request to a remote cache (S3, HTTP) failed. `detail` says why and
+    /// what to do; it never holds a secret.
+    #[error("{target}: cannot {op} {key}: {detail}")]
+    Remote {
+        target: String,
+        op: &'static str,
+        key: String,
+        kind: RemoteErrorKind,
+        detail: String,
+    },
+    /// The target cannot be set up as configured: credentials that cannot
+    /// be found or read, a client that cannot be built.
+    #[error("{target}: {message}")]
+    TargetSetup { target: String, message: String },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What kind of failure a remote cache reported, which decides whether
+/// retrying soon can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteErrorKind {
+    /// The server rejected our credentials (bad signature, unknown key,
+    /// expired token).
+    Credentials,
+    /// The credentials were accepted but lack permission.
+    Denied,
+    /// The bucket (or base URL) does not exist.
+    NotFound,
+    /// The server refused the request for another reason it will not
+    /// change its mind about (a 4xx other than throttling or conflicts).
+    Rejected,
+    /// The server could not be reached, did not answer in time, or failed
+    /// (5xx, throttling): likely to go away by itself.
+    Unavailable,
 }
 
 /// What the person reading an I/O error can do about it.
@@ -111,13 +145,15 @@ impl UploadError {
             Self::TargetIo { source, .. } => io_is_transient(source),
             // Compressors fail on allocation, not on input.
             Self::Compression { .. } => true,
+            Self::Remote { kind, .. } => *kind == RemoteErrorKind::Unavailable,
+            Self::TargetSetup { .. } => false,
             Self::Internal(_) => true,
         }
     }
 
     /// Wraps this error in an `io::Error` of a matching kind, for errors that
     /// must pass through `std::io::Write` (a target's NAR writer) and come
-    /// out intact on the other side (see [`UploadError::from_write_error`]).
+    /// out intact on the other side (see [`UploadError::from_io`]).
     pub fn into_io(self) -> io::Error {
         let kind = match &self {
             Self::TargetIo { source, .. } => source.kind(),

@@ -273,7 +273,7 @@ impl FileNarWriter {
             .ok_or_else(|| io::Error::other("NAR writer already finished"))
     }
 
-    fn finish_sync(mut self, name: String) -> Result<(), UploadError> {
+    fn finish_sync(mut self, name: String) -> Result<String, UploadError> {
         check_nar_name(&name)?;
         let file = self.file.take().expect("finish is called once");
         let file = file
@@ -285,7 +285,8 @@ impl FileNarWriter {
         let dest = self.dir.join(&name);
         fs::rename(&self.tmp, &dest).map_err(|e| io_err(&self.id, "rename into", &dest, e))?;
         self.done = true;
-        sync_dir(&self.dir).map_err(|e| io_err(&self.id, "sync", &self.dir, e))
+        sync_dir(&self.dir).map_err(|e| io_err(&self.id, "sync", &self.dir, e))?;
+        Ok(name)
     }
 }
 
@@ -306,7 +307,10 @@ impl Write for FileNarWriter {
 }
 
 impl NarWriter for FileNarWriter {
-    fn finish(self: Box<Self>, file_name: String) -> BoxFuture<'static, Result<(), UploadError>> {
+    fn finish(
+        self: Box<Self>,
+        file_name: String,
+    ) -> BoxFuture<'static, Result<String, UploadError>> {
         Box::pin(blocking(move || (*self).finish_sync(file_name)))
     }
 

@@ -2,28 +2,38 @@
 //! substitutes from and verifies.
 //!
 //! - [`TargetConfig`] parses a target URL in Nix's store-URI syntax
-//!   (`file:///var/cache/nix?compression=xz`).
-//! - [`Target`] is a cache's storage (today [`FileTarget`]; S3 and HTTP
-//!   next), opened from a config with [`open_target`].
+//!   (`file:///var/cache/nix?compression=xz`, `s3://bucket?region=…`,
+//!   `https://host/path`).
+//! - [`Target`] is a cache's storage ([`FileTarget`] for directories,
+//!   [`ObjectStoreTarget`] for S3 buckets and WebDAV-style HTTP servers),
+//!   opened from a config with [`open_target`].
 //! - [`upload_path`] streams one path's NAR from the daemon, compresses,
 //!   checks it against the store's record, and publishes NAR then narinfo;
 //!   [`upload_closure`] does that for a closure, references first.
 //! - [`UploadError::is_transient`] tells the caller how soon to retry.
 
+mod aws_credentials;
 mod closure_upload;
 mod compress;
 mod error;
 mod file_target;
 mod listing_tee;
+mod multipart_writer;
+mod object_target;
 mod pipeline;
+mod remote;
 mod sink;
+mod spool_writer;
 mod target;
+mod target_location;
 mod target_url;
+mod target_url_error;
 
 pub use closure_upload::{ClosureReport, upload_closure};
 pub use compress::Compression;
-pub use error::{NarDigest, UploadError};
+pub use error::{NarDigest, RemoteErrorKind, UploadError};
 pub use file_target::FileTarget;
+pub use object_target::ObjectStoreTarget;
 pub use pipeline::{PathOutcome, upload_path};
 pub use target::{BoxFuture, NarWriter, Target, open_target};
 pub use target_url::{TargetConfig, TargetLocation, TargetUrlError};

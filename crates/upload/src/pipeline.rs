@@ -56,7 +56,14 @@ pub async fn upload_path(
         },
     };
 
-    let writer = target.begin_nar().await?;
+    // A record with NarSize 0 comes from a Nix too old to record sizes; the
+    // hash alone then decides, and the narinfo gets the real size.
+    let expected = NarDigest {
+        hash: info.nar_hash,
+        size: info.nar_size,
+    };
+    let mut writer = target.begin_nar().await?;
+    writer.prepare(&expected, cfg.compression)?;
     let sink = NarSink::new(writer, target.id(), cfg).map_err(write_error)?;
     let res = {
         let mut conn = pool.get().await?;
@@ -82,12 +89,6 @@ pub async fn upload_path(
         .map_err(|e| UploadError::Internal(format!("compression task failed: {e}")))?
         .map_err(write_error)?;
 
-    // A record with NarSize 0 comes from a Nix too old to record sizes; the
-    // hash alone then decides, and the narinfo gets the real size.
-    let expected = NarDigest {
-        hash: info.nar_hash,
-        size: info.nar_size,
-    };
     let actual = streamed.nar;
     if actual.hash != expected.hash || (expected.size != 0 && actual.size != expected.size) {
         streamed.writer.abort().await;
@@ -105,12 +106,12 @@ pub async fn upload_path(
         }
     };
 
-    let nar_name = format!(
+    let file_name = format!(
         "{}.nar{}",
         nixbase32::encode(&streamed.file.hash.0),
         cfg.compression.extension()
     );
-    streamed.writer.finish(nar_name.clone()).await?;
+    let nar_name = streamed.writer.finish(file_name).await?;
     let hash_part = info.path.hash_part();
     if let Some(listing) = listing {
         target.put_listing(hash_part, &listing.to_json()).await?;

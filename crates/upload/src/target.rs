@@ -1,7 +1,7 @@
 //! The storage side of a binary cache, independent of where it lives.
 //!
 //! A binary cache is a flat key space: `nix-cache-info`, `<hash>.narinfo`,
-//! `<hash>.ls` and `nar/<file hash>.nar<ext>`. A [`Target`] offers exactly
+//! `<hash>.ls` and `nar/<name>.nar<ext>`. A [`Target`] offers exactly
 //! the operations the upload pipeline needs on it, so a file directory, an
 //! S3 bucket or an HTTP endpoint only differ in how each is carried out.
 //!
@@ -16,8 +16,10 @@ use std::sync::Arc;
 use nix_outbox_core::StoreDir;
 use nix_outbox_core::store_path::HASH_PART_LEN;
 
-use crate::error::UploadError;
+use crate::compress::Compression;
+use crate::error::{NarDigest, UploadError};
 use crate::file_target::FileTarget;
+use crate::object_target::ObjectStoreTarget;
 use crate::target_url::{TargetConfig, TargetLocation};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -29,8 +31,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// between objects is the caller's business (NAR before narinfo,
 /// references before referrers).
 pub trait Target: Send + Sync {
-    /// The cache's canonical location, e.g. `file:///var/cache/nix`; used
-    /// in messages and as the queue's target id.
+    /// The cache's identity, e.g. `file:///var/cache/nix` or
+    /// `s3://bucket?endpoint=host:9000` ([`TargetConfig::id`]); used in
+    /// messages and as the queue's target id.
     fn id(&self) -> &str;
 
     /// Makes the cache usable: checks it is reachable, and writes
@@ -59,8 +62,9 @@ pub trait Target: Send + Sync {
         json: &'a str,
     ) -> BoxFuture<'a, Result<(), UploadError>>;
 
-    /// Starts a NAR upload whose name is only known once all of it has been
-    /// written (it is named after the hash of the compressed bytes).
+    /// Starts a NAR upload. The pipeline then calls
+    /// [`NarWriter::prepare`] before writing; a target wrapping another
+    /// hands its writer through untouched.
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>>;
 }
 
@@ -74,20 +78,46 @@ pub trait Target: Send + Sync {
 /// effort, without blocking for long): the pipeline's writer is dropped
 /// inside the store client when the NAR stream fails.
 pub trait NarWriter: Write + Send {
-    /// Makes everything written so far durable and visible as
-    /// `nar/<file_name>`, atomically. Replacing an existing NAR of that name
-    /// is fine: the name is the hash of the content.
-    fn finish(self: Box<Self>, file_name: String) -> BoxFuture<'static, Result<(), UploadError>>;
+    /// Called once, before the first write, with what the store records
+    /// for the NAR (NarHash, NarSize) and the compression it is written
+    /// with. A writer that must name the NAR before all of it is written
+    /// (an object store streaming parts while compression runs) names it
+    /// from these and sizes its parts by the NarSize; the default ignores
+    /// them.
+    fn prepare(
+        &mut self,
+        _expected: &NarDigest,
+        _compression: Compression,
+    ) -> Result<(), UploadError> {
+        Ok(())
+    }
+
+    /// Makes everything written so far durable and visible under `nar/`,
+    /// atomically, and returns the name it is visible as (the narinfo's URL
+    /// is `nar/<name>`). `file_name` is Nix's conventional name, the hash
+    /// of the compressed bytes; a writer that named the NAR in `prepare`
+    /// ignores it. Replacing an existing NAR of the returned name is fine:
+    /// the name is unique to the content (or, for prepared names, to the
+    /// upload).
+    fn finish(
+        self: Box<Self>,
+        file_name: String,
+    ) -> BoxFuture<'static, Result<String, UploadError>>;
 
     /// Abandons the upload and waits until its partial data is gone.
     fn abort(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 
-/// Opens the target a parsed URL describes.
-pub fn open_target(cfg: &TargetConfig) -> Arc<dyn Target> {
-    match &cfg.location {
+/// Opens the target a parsed URL describes. Object stores are set up here
+/// (credentials found, client built), which can fail; nothing is sent to
+/// them until the first upload.
+pub fn open_target(cfg: &TargetConfig) -> Result<Arc<dyn Target>, UploadError> {
+    Ok(match &cfg.location {
         TargetLocation::File { root } => Arc::new(FileTarget::new(root.clone())),
-    }
+        TargetLocation::S3 { .. } | TargetLocation::Http { .. } => {
+            Arc::new(ObjectStoreTarget::open(cfg)?)
+        }
+    })
 }
 
 /// Refuses a hash part that could name anything but a store path's narinfo

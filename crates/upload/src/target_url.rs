@@ -1,5 +1,12 @@
 //! Target URLs in Nix's store-URI syntax, as given to `nix copy --to`:
-//! `file:///abs/path?compression=zstd&compression-level=N&parallel-compression=true&write-nar-listing=true`.
+//!
+//! - `file:///abs/path`
+//! - `s3://bucket?region=R&endpoint=HOST:PORT&scheme=http&profile=P`
+//! - `http://host[:port]/path`, `https://…` (WebDAV-style `PUT`)
+//!
+//! each with `compression=zstd|xz|none`, `compression-level=N`,
+//! `parallel-compression=BOOL` and `write-nar-listing=BOOL`; S3 also takes
+//! `multipart-upload=BOOL` and `multipart-chunk-size=BYTES`.
 //!
 //! Accepting Nix's own spelling means a cache URL can be pasted between
 //! `nix.conf`, `nix copy` and our config. Where we differ from Nix we say so:
@@ -7,20 +14,24 @@
 //! - The default compression is `zstd`, not Nix's `xz`: it compresses about
 //!   as well at a fraction of the CPU time, and every Nix from 2.3.17 on (and
 //!   every Lix) can read it. Write `compression=xz` for older clients.
-//! - Parameters Nix would ignore (or that only mean something for S3) are
-//!   errors here, so a typo never silently changes what gets uploaded.
-//! - `s3://` and `http(s)://` parse as schemes but are refused until their
-//!   targets exist.
+//! - `multipart-upload` defaults to `true` (Nix: `false`): NARs stream to S3
+//!   in parts with bounded memory. `false` spools each compressed NAR to a
+//!   temporary file and sends it in one `PUT` (at most 5 GiB), for stores
+//!   without multipart support. Parts are 8 MiB unless
+//!   `multipart-chunk-size` says otherwise (Nix: 5 MiB).
+//! - Parameters Nix would ignore (or that mean something only for another
+//!   scheme) are errors here, so a typo never silently changes what gets
+//!   uploaded.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-
-use thiserror::Error;
 
 use crate::compress::Compression;
-
-/// The parameters a `file://` target accepts, for error messages.
-const ACCEPTED: &str = "compression, compression-level, parallel-compression, write-nar-listing";
+pub use crate::target_location::TargetLocation;
+use crate::target_location::{
+    DEFAULT_REGION, parse_bucket, parse_endpoint, parse_file_path, parse_http_url,
+};
+pub use crate::target_url_error::TargetUrlError;
+use crate::target_url_error::{COMMON, S3_ACCEPTED};
 
 /// Parameters that only mean something for an S3 target.
 const S3_PARAMS: &[&str] = &[
@@ -29,91 +40,14 @@ const S3_PARAMS: &[&str] = &[
     "profile",
     "scheme",
     "multipart-upload",
-    "buffer-size",
-    "narinfo-compression",
-    "ls-compression",
-    "log-compression",
+    "multipart-chunk-size",
 ];
 
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum TargetUrlError {
-    #[error("empty target URL: expected file:///absolute/path")]
-    Empty,
-    #[error("target {url:?} has no URL scheme: write a binary cache directory as {suggestion}")]
-    NoScheme { url: String, suggestion: String },
-    #[error(
-        "target {url:?}: the {scheme}:// scheme is not a binary cache nix-outbox can upload to; use file:///absolute/path"
-    )]
-    UnknownScheme { url: String, scheme: String },
-    #[error(
-        "target {url:?}: {scheme}:// targets are not supported yet; file:///absolute/path works today"
-    )]
-    NotYetSupported { url: String, scheme: String },
-    #[error(
-        "target {url:?}: file URLs take no host ({host:?}); write file:///absolute/path (three slashes)"
-    )]
-    FileHost { url: String, host: String },
-    #[error(
-        "target {url:?}: the cache directory must be an absolute path, e.g. file:///var/cache/nix"
-    )]
-    RelativePath { url: String },
-    #[error("target {url:?}: the cache directory path must not contain '..' components")]
-    DotDot { url: String },
-    #[error("target {url:?}: the filesystem root cannot be a binary cache; name a directory")]
-    FilesystemRoot { url: String },
-    #[error("target {url:?}: parameter {param:?} is not of the form name=value")]
-    MalformedParam { url: String, param: String },
-    #[error("target {url:?}: parameter {param:?} is given twice")]
-    DuplicateParam { url: String, param: String },
-    #[error("target {url:?}: unknown parameter {param:?}; a file:// target accepts {ACCEPTED}")]
-    UnknownParam { url: String, param: String },
-    #[error(
-        "target {url:?}: parameter {param:?} only applies to s3:// targets; a file:// target accepts {ACCEPTED}"
-    )]
-    S3Param { url: String, param: String },
-    #[error(
-        "target {url:?}: signing keys are not given in the target URL; list their files in `secret-key-files` in the nix-outbox configuration"
-    )]
-    SecretKeyParam { url: String },
-    #[error("target {url:?}: {param}={value:?} is invalid: expected {expected}")]
-    BadValue {
-        url: String,
-        param: &'static str,
-        value: String,
-        expected: &'static str,
-    },
-    #[error(
-        "target {url:?}: compression {name:?} is not supported; use compression=zstd (the default), xz or none"
-    )]
-    UnsupportedCompression { url: String, name: String },
-    #[error(
-        "target {url:?}: compression-level={level} is out of range for {compression}: use {range}"
-    )]
-    LevelOutOfRange {
-        url: String,
-        compression: &'static str,
-        level: i64,
-        range: &'static str,
-    },
-    #[error("target {url:?}: compression-level has no effect with compression=none; remove it")]
-    LevelWithoutCompression { url: String },
-}
-
-/// Where a target's files go. More kinds (S3, HTTP) come with their targets.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TargetLocation {
-    /// A binary-cache directory on a local (or mounted) filesystem.
-    File { root: PathBuf },
-}
-
-impl fmt::Display for TargetLocation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::File { root } => write!(f, "file://{}", root.display()),
-        }
-    }
-}
+/// S3's smallest part (except the last), its largest, and its part count.
+pub(crate) const MIN_PART: u64 = 5 * 1024 * 1024;
+pub(crate) const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
+/// Our default part size: S3's minimum would need more requests for no gain.
+pub(crate) const DEFAULT_PART: u64 = 8 * 1024 * 1024;
 
 /// A parsed target URL: where to upload and how to encode what is uploaded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -129,6 +63,13 @@ pub struct TargetConfig {
     /// Also upload `<hash>.ls` file listings (for `nix store ls` and
     /// cache browsers).
     pub write_nar_listing: bool,
+    /// S3 only (always `true` elsewhere): stream NARs larger than one part
+    /// as multipart uploads; `false` spools them to a temporary file and
+    /// sends one `PUT`.
+    pub multipart_upload: bool,
+    /// S3 only: the part size in bytes, 5 MiB to 5 GiB; `None`: 8 MiB. It
+    /// is raised for a NAR too large to fit in 10,000 parts of this size.
+    pub multipart_chunk_size: Option<u64>,
 }
 
 impl TargetConfig {
@@ -137,11 +78,12 @@ impl TargetConfig {
     }
 
     /// The identity of the cache these settings upload to, e.g.
-    /// `file:///var/cache/nix` — the queue's target id. It leaves out the
-    /// encoding parameters on purpose: switching compression still uploads
-    /// to the same cache, so queued work must keep its target.
+    /// `file:///var/cache/nix` or `s3://bucket?endpoint=host:9000` — the
+    /// queue's target id. It leaves out the encoding parameters on purpose:
+    /// switching compression still uploads to the same cache, so queued work
+    /// must keep its target (see [`TargetLocation::id`]).
     pub fn id(&self) -> String {
-        self.location.to_string()
+        self.location.id()
     }
 
     /// The effective compression level (`None` for no compression).
@@ -163,13 +105,29 @@ impl TargetConfig {
             1
         }
     }
+
+    /// The part size for a multipart upload of a NAR of `nar_size` bytes
+    /// (0: unknown): the configured size, raised (to whole MiB) so that the
+    /// compressed NAR fits in S3's 10,000 parts even if compression made it
+    /// slightly larger, as incompressible data does.
+    pub fn part_size(&self, nar_size: u64) -> u64 {
+        const MIB: u64 = 1024 * 1024;
+        let chosen = self.multipart_chunk_size.unwrap_or(DEFAULT_PART);
+        // zstd and xz add well under 1% to incompressible input; 1/64 plus
+        // a MiB leaves room to spare.
+        let worst = nar_size.saturating_add(nar_size / 64).saturating_add(MIB);
+        let needed = worst.div_ceil(10_000).div_ceil(MIB) * MIB;
+        chosen.max(needed).min(MAX_PART)
+    }
 }
 
-/// The canonical URL: normalised path, then only the parameters that differ
-/// from the defaults, in a fixed order. Parsing it gives back an equal value.
+/// The canonical URL: normalised location, then only the parameters that
+/// differ from the defaults, in a fixed order. Parsing it gives back an
+/// equal value.
 impl fmt::Display for TargetConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.location)?;
+        let location = self.location.to_string();
+        f.write_str(&location)?;
         let mut params = Vec::new();
         if self.compression != Compression::default() {
             params.push(format!("compression={}", self.compression.nix_name()));
@@ -183,8 +141,16 @@ impl fmt::Display for TargetConfig {
         if self.write_nar_listing {
             params.push("write-nar-listing=true".to_owned());
         }
+        if !self.multipart_upload {
+            params.push("multipart-upload=false".to_owned());
+        }
+        if let Some(n) = self.multipart_chunk_size {
+            params.push(format!("multipart-chunk-size={n}"));
+        }
         if !params.is_empty() {
-            write!(f, "?{}", params.join("&"))?;
+            // The location may already carry S3 parameters.
+            let sep = if location.contains('?') { '&' } else { '?' };
+            write!(f, "{sep}{}", params.join("&"))?;
         }
         Ok(())
     }
@@ -213,32 +179,43 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
             suggestion,
         });
     };
-    match scheme {
-        "file" => {}
-        "s3" | "http" | "https" => {
-            return Err(TargetUrlError::NotYetSupported {
-                url: u(),
-                scheme: scheme.to_owned(),
-            });
-        }
+    let (place, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let location = match scheme {
+        "file" => TargetLocation::File {
+            root: parse_file_path(url, place)?,
+        },
+        "s3" => TargetLocation::S3 {
+            bucket: parse_bucket(url, place)?,
+            region: DEFAULT_REGION.to_owned(),
+            endpoint: None,
+            scheme: "https".to_owned(),
+            profile: None,
+        },
+        "http" | "https" => TargetLocation::Http {
+            url: parse_http_url(url, scheme, place)?,
+        },
         _ => {
             return Err(TargetUrlError::UnknownScheme {
                 url: u(),
                 scheme: scheme.to_owned(),
             });
         }
-    }
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let root = parse_file_path(url, path)?;
+    };
+    let scheme = location.scheme();
+    let is_s3 = scheme == "s3";
     let mut cfg = TargetConfig {
-        location: TargetLocation::File { root },
+        location,
         compression: Compression::default(),
         compression_level: None,
         parallel_compression: None,
         write_nar_listing: false,
+        multipart_upload: true,
+        multipart_chunk_size: None,
     };
     let mut seen: Vec<&str> = Vec::new();
     let mut level: Option<i64> = None;
+    let mut endpoint_scheme: Option<&'static str> = None;
+    let mut explicit_scheme: Option<String> = None;
     for param in query.split('&').filter(|p| !p.is_empty()) {
         let Some((name, raw)) = param.split_once('=') else {
             return Err(TargetUrlError::MalformedParam {
@@ -261,8 +238,23 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
         };
         // Nix percent-decodes parameter values; so do we.
         let value = percent_decode(raw);
-        match name {
-            "compression" => {
+        let boolean = |param: &'static str| {
+            value
+                .as_deref()
+                .and_then(parse_bool)
+                .ok_or_else(|| bad(param, "true or false"))
+        };
+        let s3 = match &mut cfg.location {
+            TargetLocation::S3 {
+                region,
+                endpoint,
+                profile,
+                ..
+            } => Some((region, endpoint, profile)),
+            _ => None,
+        };
+        match (name, s3) {
+            ("compression", _) => {
                 let value = value.ok_or_else(|| bad("compression", "zstd, xz or none"))?;
                 cfg.compression = match value.as_str() {
                     "zstd" => Compression::Zstd,
@@ -276,41 +268,94 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
                     }
                 };
             }
-            "compression-level" => {
+            ("compression-level", _) => {
                 let n = value
                     .and_then(|v| v.parse::<i64>().ok())
                     .ok_or_else(|| bad("compression-level", "an integer"))?;
                 level = Some(n);
             }
-            "parallel-compression" => {
-                let b = value.as_deref().and_then(parse_bool);
-                cfg.parallel_compression =
-                    Some(b.ok_or_else(|| bad("parallel-compression", "true or false"))?);
+            ("parallel-compression", _) => {
+                cfg.parallel_compression = Some(boolean("parallel-compression")?);
             }
-            "write-nar-listing" => {
-                let b = value.as_deref().and_then(parse_bool);
-                cfg.write_nar_listing =
-                    b.ok_or_else(|| bad("write-nar-listing", "true or false"))?;
-            }
-            "secret-key" | "secret-keys" => {
+            ("write-nar-listing", _) => cfg.write_nar_listing = boolean("write-nar-listing")?,
+            ("secret-key" | "secret-keys", _) => {
                 return Err(TargetUrlError::SecretKeyParam { url: u() });
             }
-            s if S3_PARAMS.contains(&s) => {
+            ("region", Some((region, _, _))) => {
+                let ok = value.filter(|v| {
+                    !v.is_empty()
+                        && v.bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                });
+                *region = ok.ok_or_else(|| bad("region", "a region name such as eu-west-1"))?;
+            }
+            ("endpoint", Some((_, endpoint, _))) => {
+                let v = value.ok_or_else(|| bad("endpoint", "host[:port]"))?;
+                let (host, s) = parse_endpoint(url, &v)?;
+                *endpoint = Some(host);
+                endpoint_scheme = s;
+            }
+            ("scheme", Some(_)) => match value.as_deref() {
+                Some(s @ ("http" | "https")) => explicit_scheme = Some(s.to_owned()),
+                _ => return Err(bad("scheme", "http or https")),
+            },
+            ("profile", Some((_, _, profile))) => {
+                // A section name in the credentials file: `]` or a line
+                // break could not be matched there.
+                let ok = value.filter(|v| {
+                    !v.is_empty() && !v.contains([']', '[', '\n', '\r']) && v.trim() == v
+                });
+                *profile = Some(ok.ok_or_else(|| bad("profile", "a profile name"))?);
+            }
+            ("multipart-upload", Some(_)) => cfg.multipart_upload = boolean("multipart-upload")?,
+            ("multipart-chunk-size", Some(_)) => {
+                let n = value
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|n| (MIN_PART..=MAX_PART).contains(n))
+                    .ok_or_else(|| {
+                        bad(
+                            "multipart-chunk-size",
+                            "a part size in bytes from 5242880 (5 MiB, S3's minimum) to 5368709120 (5 GiB)",
+                        )
+                    })?;
+                cfg.multipart_chunk_size = (n != DEFAULT_PART).then_some(n);
+            }
+            (s, None) if S3_PARAMS.contains(&s) => {
                 return Err(TargetUrlError::S3Param {
                     url: u(),
                     param: s.to_owned(),
+                    scheme,
                 });
             }
             _ => {
                 return Err(TargetUrlError::UnknownParam {
                     url: u(),
                     param: name.to_owned(),
+                    scheme,
+                    accepted: if is_s3 { S3_ACCEPTED } else { COMMON },
                 });
             }
         }
     }
-    // The level is checked after the loop, against the final compression,
-    // because parameters may come in any order.
+    // Checks across parameters come after the loop, since parameters may
+    // come in any order.
+    if let TargetLocation::S3 { scheme, .. } = &mut cfg.location {
+        match (endpoint_scheme, explicit_scheme) {
+            (Some(e), Some(s)) if e != s => {
+                return Err(TargetUrlError::SchemeConflict {
+                    url: u(),
+                    endpoint_scheme: e,
+                    scheme: s,
+                });
+            }
+            (_, Some(s)) => *scheme = s,
+            (Some(e), None) => *scheme = e.to_owned(),
+            (None, None) => {}
+        }
+    }
+    if !cfg.multipart_upload && seen.contains(&"multipart-chunk-size") {
+        return Err(TargetUrlError::ChunkSizeWithoutMultipart { url: u() });
+    }
     if let Some(n) = level {
         if cfg.compression == Compression::None {
             return Err(TargetUrlError::LevelWithoutCompression { url: u() });
@@ -330,50 +375,6 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
         cfg.compression_level = (Some(n) != cfg.compression.default_level()).then_some(n);
     }
     Ok(cfg)
-}
-
-/// Normalises the path of a `file://` URL: collapses `//` and `.`, drops a
-/// trailing slash; refuses hosts, relative paths and `..` (which could only
-/// be resolved against the filesystem, and would make two spellings of one
-/// cache look like different targets).
-fn parse_file_path(url: &str, path: &str) -> Result<PathBuf, TargetUrlError> {
-    if path.is_empty() {
-        return Err(TargetUrlError::RelativePath {
-            url: url.to_owned(),
-        });
-    }
-    if !path.starts_with('/') {
-        // `file://host/path` and `file://relative/path` look the same; the
-        // message covers both.
-        let host = path.split('/').next().unwrap_or(path);
-        if host == "." || host == ".." || host == "~" || !path.contains('/') {
-            return Err(TargetUrlError::RelativePath {
-                url: url.to_owned(),
-            });
-        }
-        return Err(TargetUrlError::FileHost {
-            url: url.to_owned(),
-            host: host.to_owned(),
-        });
-    }
-    let mut out = PathBuf::from("/");
-    for comp in path.split('/') {
-        match comp {
-            "" | "." => {}
-            ".." => {
-                return Err(TargetUrlError::DotDot {
-                    url: url.to_owned(),
-                });
-            }
-            c => out.push(c),
-        }
-    }
-    if out == Path::new("/") {
-        return Err(TargetUrlError::FilesystemRoot {
-            url: url.to_owned(),
-        });
-    }
-    Ok(out)
 }
 
 /// Nix's boolean setting spellings.
@@ -410,3 +411,7 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 #[path = "target_url_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "target_url_remote_tests.rs"]
+mod remote_tests;

@@ -38,7 +38,7 @@ async fn hash_mismatch_is_refused_without_a_trace() {
     ] {
         let cache = tempfile::tempdir().unwrap();
         let cfg = TargetConfig::parse(&file_url(cache.path(), params)).unwrap();
-        let target = open_target(&cfg);
+        let target = open_target(&cfg).unwrap();
         target.ensure_cache_info(&sd()).await.unwrap();
 
         let mut bad_hash = good.clone();
@@ -104,7 +104,7 @@ async fn paths_that_are_gone_are_reported_not_failed() {
     let pool = pool(&daemon);
     let cache = tempfile::tempdir().unwrap();
     let cfg = TargetConfig::parse(&file_url(cache.path(), "")).unwrap();
-    let target = open_target(&cfg);
+    let target = open_target(&cfg).unwrap();
     let gone =
         StorePath::from_base_name("00000000000000000000000000000000-up-never-built").unwrap();
 
@@ -142,7 +142,7 @@ async fn unusable_cache_roots_say_what_to_fix() {
     // A root below a regular file.
     let under_file = file.join("cache");
     let cfg = TargetConfig::parse(&file_url(&under_file, "")).unwrap();
-    let target = open_target(&cfg);
+    let target = open_target(&cfg).unwrap();
     let root = sp(&build_one(&unique_tag("unusable")));
     let e = upload_closure(&pool, target.as_ref(), &cfg, &[key()], &root)
         .await

@@ -34,7 +34,7 @@ async fn round_trip(name: &str, params: &str, compression: Compression) {
     let url = file_url(cache.path(), params);
     let cfg = TargetConfig::parse(&url).unwrap();
     assert_eq!(cfg.compression, compression);
-    let target = open_target(&cfg);
+    let target = open_target(&cfg).unwrap();
 
     let started = Instant::now();
     let mut uploaded = 0;
@@ -145,30 +145,6 @@ fn key_named(name: &str) -> nix_outbox_core::keys::SecretKey {
     nix_outbox_core::keys::SecretKey::generate(name).unwrap()
 }
 
-/// The closure of `roots`, references before referrers, from Nix itself.
-fn closure_topological(roots: &[String]) -> Vec<String> {
-    let out = tk::run(tk::nix_store().arg("-qR").args(roots));
-    let paths = tk::stdout_string(&out);
-    let paths: Vec<&str> = paths.lines().collect();
-    let refs: BTreeMap<&str, Vec<String>> = paths
-        .iter()
-        .map(|p| {
-            let r = tk::stdout_string(&tk::run(tk::nix_store().args(["-q", "--references", p])));
-            (*p, r.lines().map(str::to_owned).collect())
-        })
-        .collect();
-    let mut done: Vec<String> = Vec::new();
-    while done.len() < paths.len() {
-        for p in &paths {
-            let ready = refs[p].iter().all(|r| r == p || done.contains(r));
-            if !done.iter().any(|d| d == p) && ready {
-                done.push((*p).to_owned());
-            }
-        }
-    }
-    done
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn zstd_round_trip() {
     round_trip("zstd", "", Compression::Zstd).await;
@@ -218,7 +194,7 @@ async fn uncompressed_output_is_identical_to_nix_copy() {
 
     let ours = tempfile::tempdir().unwrap();
     let cfg = TargetConfig::parse(&file_url(ours.path(), "compression=none")).unwrap();
-    let target = open_target(&cfg);
+    let target = open_target(&cfg).unwrap();
     upload_closure(&pool, target.as_ref(), &cfg, &[key], &sp(&outs[0]))
         .await
         .unwrap();

@@ -49,12 +49,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let targets = cfg
         .targets
         .iter()
-        .map(|c| TargetEntry {
-            id: c.id(),
-            target: open_target(c),
-            config: c.clone(),
+        .map(|c| {
+            Ok(TargetEntry {
+                id: c.id(),
+                target: open_target(c)?,
+                config: c.clone(),
+            })
         })
-        .collect();
+        .collect::<Result<_, nix_outbox_upload::UploadError>>()?;
     let listener = bind_socket(&cfg)?;
     tracing::info!(
         "nix-outbox daemon listening on {} (config: {}); uploading to {}",

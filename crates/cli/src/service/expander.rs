@@ -12,38 +12,46 @@ use nix_outbox_queue::Request;
 use nix_outbox_store::build_outputs;
 use tokio::sync::watch;
 
-use super::{Service, backoff_secs, idle, now};
+use super::{Daemon, Failure, idle};
 
 pub async fn expand_loop(
-    svc: Arc<Service>,
+    d: Arc<Daemon>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let svc = &d.svc;
     while !*shutdown.borrow() {
-        let claimed = svc.with_queue(|q| q.claim_request(now())).await;
+        let now = d.now();
+        let claimed = svc.with_queue(move |q| q.claim_request(now)).await;
         match claimed {
             Ok(Some(req)) => {
                 let (id, attempts) = (req.id, req.attempts);
-                if let Err(e) = expand(&svc, req).await {
-                    let delay = backoff_secs(attempts, id as u64);
+                if let Err(e) = expand(&d, req).await {
+                    // The store being away is the usual cause, and passes.
+                    let delay = d
+                        .retry
+                        .delay(attempts, Failure::Transient, None, d.jitter.next());
+                    let at = d.clock.after(delay);
                     tracing::warn!(
-                        "request {id}: cannot resolve its outputs yet ({e:#}); retrying in {delay}s"
+                        "request {id}: cannot resolve its outputs yet ({e:#}); retrying in {}s",
+                        at - d.now()
                     );
                     let msg = format!("{e:#}");
-                    svc.with_queue(move |q| q.defer_request(id, &msg, now() + delay as i64))
+                    svc.with_queue(move |q| q.defer_request(id, &msg, at))
                         .await?;
                 }
             }
-            Ok(None) => idle(&svc, &mut shutdown, Duration::from_secs(1)).await,
+            Ok(None) => idle(svc, &mut shutdown, Duration::from_secs(1)).await,
             Err(e) => {
                 tracing::error!("queue error while claiming a request: {e:#}");
-                idle(&svc, &mut shutdown, Duration::from_secs(1)).await;
+                idle(svc, &mut shutdown, Duration::from_secs(1)).await;
             }
         }
     }
     Ok(())
 }
 
-async fn expand(svc: &Arc<Service>, req: Request) -> anyhow::Result<()> {
+async fn expand(d: &Daemon, req: Request) -> anyhow::Result<()> {
+    let svc = &d.svc;
     let sd = &svc.store_dir;
     // The paths were validated when accepted; a failure here means the
     // database was edited by hand, so report it rather than guess.
@@ -73,8 +81,9 @@ async fn expand(svc: &Arc<Service>, req: Request) -> anyhow::Result<()> {
     let paths: Vec<String> = valid.iter().map(|p| p.as_str().to_owned()).collect();
     let targets: Vec<String> = svc.targets.iter().map(|t| t.id.clone()).collect();
     let id = req.id;
+    let now = d.now();
     let created = svc
-        .with_queue(move |q| q.expand_request(id, &paths, &targets, now()))
+        .with_queue(move |q| q.expand_request(id, &paths, &targets, now))
         .await?;
     tracing::debug!(
         "request {id}: {} output(s), {created} new job(s)",

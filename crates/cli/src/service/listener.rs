@@ -12,14 +12,14 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use super::{Service, now};
+use super::Daemon;
 
 /// How long a client may take to send its request. The hook sends it in
 /// one write; anything slower is stuck or hostile.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn accept_loop(
-    svc: Arc<Service>,
+    d: Arc<Daemon>,
     listener: UnixListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -28,7 +28,7 @@ pub async fn accept_loop(
             _ = shutdown.changed() => return Ok(()),
             res = listener.accept() => match res {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle(svc.clone(), stream));
+                    tokio::spawn(handle(d.clone(), stream));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
@@ -40,16 +40,16 @@ pub async fn accept_loop(
     }
 }
 
-async fn handle(svc: Arc<Service>, mut stream: UnixStream) {
+async fn handle(d: Arc<Daemon>, mut stream: UnixStream) {
     let reply = match tokio::time::timeout(READ_TIMEOUT, read_frame(&mut stream)).await {
         Err(_) => Reply::error("timed out waiting for the request"),
         Ok(Err(e)) => Reply::error(&e),
-        Ok(Ok(frame)) => match protocol::decode(&frame, &svc.store_dir) {
+        Ok(Ok(frame)) => match protocol::decode(&frame, &d.svc.store_dir) {
             Err(e) => {
                 tracing::warn!("refused a malformed hook request: {e}");
                 Reply::error(&format!("malformed request: {e}"))
             }
-            Ok(req) => match commit(&svc, req).await {
+            Ok(req) => match commit(&d, req).await {
                 Ok(id) => Reply::Ok(id as u64),
                 Err(e) => {
                     // Not acknowledged: the hook spools the request instead.
@@ -76,14 +76,16 @@ async fn handle(svc: Arc<Service>, mut stream: UnixStream) {
     .await;
 }
 
-async fn commit(svc: &Arc<Service>, req: protocol::HookRequest) -> anyhow::Result<i64> {
-    let sd = svc.store_dir.clone();
-    let drv = req.drv_path.as_ref().map(|d| sd.display(d));
+async fn commit(d: &Daemon, req: protocol::HookRequest) -> anyhow::Result<i64> {
+    let sd = &d.svc.store_dir;
+    let drv = req.drv_path.as_ref().map(|p| sd.display(p));
     let outs: Vec<String> = req.out_paths.iter().map(|p| sd.display(p)).collect();
-    let id = svc
-        .with_queue(move |q| q.add_request(Source::Hook, drv.as_deref(), &outs, now()))
+    let now = d.now();
+    let id = d
+        .svc
+        .with_queue(move |q| q.add_request(Source::Hook, drv.as_deref(), &outs, now))
         .await?;
-    svc.wake.notify_waiters();
+    d.svc.wake.notify_waiters();
     Ok(id)
 }
 

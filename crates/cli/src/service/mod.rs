@@ -3,26 +3,43 @@
 //! per-(path, target) jobs, and runs upload workers.
 //!
 //! Like mini-redis's `server::run`, [`run`] takes its listener, queue,
-//! targets and shutdown signal as arguments, so tests run it in-process.
+//! targets and shutdown signal as arguments, so tests run it in-process;
+//! [`run_with`] also takes the clock and retry pace, so tests can run it on
+//! tokio's paused clock.
 
-mod backoff;
+mod clock;
 mod expander;
 mod listener;
+mod present;
+mod retry;
 mod spool;
 mod workers;
 
+#[cfg(test)]
+mod present_tests;
+#[cfg(test)]
+mod retry_loop_tests;
+#[cfg(test)]
+mod test_target;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nix_outbox_core::StoreDir;
 use nix_outbox_core::keys::SecretKey;
-use nix_outbox_queue::Queue;
+use nix_outbox_queue::{Queue, QueueError};
 use nix_outbox_store::StorePool;
 use nix_outbox_upload::{Target, TargetConfig};
 use tokio::net::UnixListener;
 use tokio::sync::{Notify, watch};
 
-pub use backoff::backoff_secs;
+pub use clock::Clock;
+pub use present::{KnownPresent, RELOAD_EVERY};
+pub use retry::{Failure, Jitter, RetryPolicy};
+
+/// How long a path seen in a target is trusted to still be there.
+pub const DEFAULT_PRESENT_TTL: Duration = Duration::from_secs(3600);
 
 /// One configured cache.
 pub struct TargetEntry {
@@ -50,40 +67,120 @@ impl Service {
     /// Runs `f` against the queue on a blocking thread.
     pub async fn with_queue<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut Queue) -> Result<T, nix_outbox_queue::QueueError> + Send + 'static,
+        f: impl FnOnce(&mut Queue) -> Result<T, QueueError> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let queue = self.queue.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut q)
-        })
-        .await?;
-        Ok(res?)
+        on_queue(&self.queue, f).await
     }
 }
 
+/// Runs `f` against a shared queue handle on a blocking thread: SQLite
+/// calls block, and must not stall the runtime's threads.
+pub(crate) async fn on_queue<T: Send + 'static>(
+    queue: &Arc<Mutex<Queue>>,
+    f: impl FnOnce(&mut Queue) -> Result<T, QueueError> + Send + 'static,
+) -> anyhow::Result<T> {
+    let queue = queue.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut q)
+    })
+    .await?;
+    Ok(res?)
+}
+
+/// The wall clock in unix seconds, as the queue stores time (for the CLI;
+/// the daemon's loops read their [`Clock`]).
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    Clock::system().now()
+}
+
+/// What [`run_with`] adds to a [`Service`]. The default is production's.
+pub struct Options {
+    pub clock: Clock,
+    pub retry: RetryPolicy,
+    pub jitter: Jitter,
+    /// How long a path seen in a target is trusted to still be there.
+    pub present_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Clock::system(),
+            retry: RetryPolicy::default(),
+            jitter: Jitter::unpredictable(),
+            present_ttl: DEFAULT_PRESENT_TTL,
+        }
+    }
+}
+
+/// What the loops of a running daemon share: the service and the options,
+/// with each target behind its known-present cache.
+pub(crate) struct Daemon {
+    pub svc: Arc<Service>,
+    pub clock: Clock,
+    pub retry: RetryPolicy,
+    pub jitter: Jitter,
+    /// `svc.targets[i]` behind its known-present cache, in the same order.
+    pub present: Vec<Arc<KnownPresent>>,
+}
+
+impl Daemon {
+    pub fn new(svc: Arc<Service>, options: Options) -> Arc<Self> {
+        let present = svc
+            .targets
+            .iter()
+            .map(|t| {
+                Arc::new(KnownPresent::new(
+                    t.target.clone(),
+                    t.id.clone(),
+                    svc.queue.clone(),
+                    options.clock,
+                    options.present_ttl,
+                ))
+            })
+            .collect();
+        Arc::new(Self {
+            svc,
+            clock: options.clock,
+            retry: options.retry,
+            jitter: options.jitter,
+            present,
+        })
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+}
+
+/// Runs the daemon until `shutdown` flips to true, on the wall clock.
+pub async fn run(
+    svc: Arc<Service>,
+    listener: UnixListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    run_with(svc, listener, shutdown, Options::default()).await
 }
 
 /// Runs the daemon until `shutdown` flips to true. Jobs interrupted by the
 /// shutdown stay `in_flight` in the queue and are retried on the next start
 /// (the same path as after a crash).
-pub async fn run(
+pub async fn run_with(
     svc: Arc<Service>,
     listener: UnixListener,
     mut shutdown: watch::Receiver<bool>,
+    options: Options,
 ) -> anyhow::Result<()> {
-    let recovered = svc.with_queue(move |q| q.recover(now())).await?;
+    let d = Daemon::new(svc, options);
+    let now = d.now();
+    let recovered = d.svc.with_queue(move |q| q.recover(now)).await?;
     if recovered > 0 {
         tracing::warn!("{recovered} upload(s) were interrupted by a crash or stop; retrying them");
     }
-    for t in &svc.targets {
+    for t in &d.svc.targets {
         t.target
-            .ensure_cache_info(&svc.store_dir)
+            .ensure_cache_info(&d.svc.store_dir)
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(
@@ -93,18 +190,14 @@ pub async fn run(
             });
     }
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(listener::accept_loop(
-        svc.clone(),
-        listener,
-        shutdown.clone(),
-    ));
-    tasks.spawn(spool::ingest_loop(svc.clone(), shutdown.clone()));
-    tasks.spawn(expander::expand_loop(svc.clone(), shutdown.clone()));
-    for n in 0..svc.workers {
-        tasks.spawn(workers::worker_loop(svc.clone(), n, shutdown.clone()));
+    tasks.spawn(listener::accept_loop(d.clone(), listener, shutdown.clone()));
+    tasks.spawn(spool::ingest_loop(d.clone(), shutdown.clone()));
+    tasks.spawn(expander::expand_loop(d.clone(), shutdown.clone()));
+    for n in 0..d.svc.workers {
+        tasks.spawn(workers::worker_loop(d.clone(), n, shutdown.clone()));
     }
     let _ = shutdown.wait_for(|s| *s).await;
-    svc.wake.notify_waiters();
+    d.svc.wake.notify_waiters();
     while let Some(res) = tasks.join_next().await {
         if let Ok(Err(e)) = res {
             tracing::error!("daemon task failed: {e:#}");
@@ -114,11 +207,7 @@ pub async fn run(
 }
 
 /// Sleeps until woken, the shutdown flips, or `max` passes.
-pub(crate) async fn idle(
-    svc: &Service,
-    shutdown: &mut watch::Receiver<bool>,
-    max: std::time::Duration,
-) {
+pub(crate) async fn idle(svc: &Service, shutdown: &mut watch::Receiver<bool>, max: Duration) {
     tokio::select! {
         _ = svc.wake.notified() => {}
         _ = shutdown.changed() => {}

@@ -10,26 +10,27 @@ use nix_outbox_hook::spool::{list_spool, read_spool_file};
 use nix_outbox_queue::Source;
 use tokio::sync::watch;
 
-use super::{Service, idle, now};
+use super::{Daemon, idle};
 
 /// How often the spool is scanned (the hook cannot wake a daemon that was
 /// not listening, so we poll; a spooled request waits at most this long).
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn ingest_loop(
-    svc: Arc<Service>,
+    d: Arc<Daemon>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     while !*shutdown.borrow() {
-        if let Err(e) = ingest_once(&svc).await {
+        if let Err(e) = ingest_once(&d).await {
             tracing::warn!("spool ingestion failed (will retry): {e:#}");
         }
-        idle(&svc, &mut shutdown, SCAN_INTERVAL).await;
+        idle(&d.svc, &mut shutdown, SCAN_INTERVAL).await;
     }
     Ok(())
 }
 
-pub async fn ingest_once(svc: &Arc<Service>) -> anyhow::Result<usize> {
+pub async fn ingest_once(d: &Daemon) -> anyhow::Result<usize> {
+    let svc = &d.svc;
     let dir = svc.spool_dir.clone();
     let files = match tokio::task::spawn_blocking(move || list_spool(&dir)).await? {
         Ok(f) => f,
@@ -48,8 +49,9 @@ pub async fn ingest_once(svc: &Arc<Service>) -> anyhow::Result<usize> {
                 let sd = &svc.store_dir;
                 let drv = req.drv_path.as_ref().map(|d| sd.display(d));
                 let outs: Vec<String> = req.out_paths.iter().map(|p| sd.display(p)).collect();
+                let now = d.now();
                 let id = svc
-                    .with_queue(move |q| q.add_request(Source::Spool, drv.as_deref(), &outs, now()))
+                    .with_queue(move |q| q.add_request(Source::Spool, drv.as_deref(), &outs, now))
                     .await?;
                 std::fs::remove_file(&file)?;
                 tracing::info!(

@@ -1,7 +1,8 @@
 //! Upload workers: claim a due job, upload the closure of its path to its
 //! target (references first, narinfo last, skipping what the target has),
 //! then record the outcome. Nothing is ever dropped: a failed job goes back
-//! to pending with its error and a capped, jittered backoff.
+//! to pending with its error and the retry policy's delay (see `retry.rs`),
+//! however often and however it fails.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,71 +11,77 @@ use nix_outbox_queue::Job;
 use nix_outbox_upload::{UploadError, upload_closure};
 use tokio::sync::watch;
 
-use super::{Service, backoff_secs, idle, now};
+use super::{Daemon, Failure, idle};
 
 /// How long to sleep when nothing is due, at most (new work wakes us).
 const IDLE_MAX: Duration = Duration::from_secs(5);
 
+/// How often a job whose target left the configuration is looked at again.
+const UNCONFIGURED_RECHECK: Duration = Duration::from_secs(3600);
+
 pub async fn worker_loop(
-    svc: Arc<Service>,
+    d: Arc<Daemon>,
     n: usize,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let svc = &d.svc;
     while !*shutdown.borrow() {
-        match svc.with_queue(|q| q.claim_job(now())).await {
-            Ok(Some(job)) => run_job(&svc, job).await?,
+        let now = d.now();
+        match svc.with_queue(move |q| q.claim_job(now)).await {
+            Ok(Some(job)) => run_job(&d, job).await?,
             Ok(None) => {
+                // Until the next job is due, to the second: with a paused
+                // test clock, retries happen exactly when scheduled.
                 let wait = match svc.with_queue(|q| q.next_wakeup()).await {
-                    Ok(Some(at)) => {
-                        Duration::from_secs((at - now()).clamp(0, IDLE_MAX.as_secs() as i64) as u64)
-                    }
+                    Ok(Some(at)) => d.clock.until(at).min(IDLE_MAX),
                     _ => IDLE_MAX,
                 };
-                idle(&svc, &mut shutdown, wait.max(Duration::from_millis(50))).await;
+                idle(svc, &mut shutdown, wait.max(Duration::from_millis(50))).await;
             }
             Err(e) => {
                 tracing::error!("worker {n}: queue error: {e:#}");
-                idle(&svc, &mut shutdown, Duration::from_secs(1)).await;
+                idle(svc, &mut shutdown, Duration::from_secs(1)).await;
             }
         }
     }
     Ok(())
 }
 
-async fn run_job(svc: &Arc<Service>, job: Job) -> anyhow::Result<()> {
+async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
     let Job {
         path,
         target,
         attempts,
         ..
     } = job;
+    let svc = &d.svc;
     let sd = &svc.store_dir;
-    let Some(entry) = svc.targets.iter().find(|t| t.id == target) else {
+    let Some(index) = svc.targets.iter().position(|t| t.id == target) else {
         // A target removed from the configuration: keep the job visible
         // rather than delete it, and check rarely.
         let msg =
             format!("target {target} is no longer configured; add it back or remove its jobs");
-        svc.with_queue(move |q| q.retry_job(&path, &target, &msg, now() + 3600, now()))
+        let (now, at) = (d.now(), d.clock.after(UNCONFIGURED_RECHECK));
+        svc.with_queue(move |q| q.retry_job(&path, &target, &msg, at, now))
             .await?;
         return Ok(());
     };
+    let (entry, present) = (&svc.targets[index], &d.present[index]);
     let root = match sd.parse_path(&format!("{}/{path}", sd.as_str())) {
         Ok(p) => p,
         Err(e) => {
             let msg = format!("invalid store path in queue: {e}");
-            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now()))
+            let now = d.now();
+            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now))
                 .await?;
             return Ok(());
         }
     };
-    let result = upload_closure(
-        &svc.pool,
-        entry.target.as_ref(),
-        &entry.config,
-        &svc.keys,
-        &root,
-    )
-    .await;
+    let result = upload_closure(&svc.pool, present.as_ref(), &entry.config, &svc.keys, &root).await;
+    // Whatever the outcome, what was seen present (or uploaded before a
+    // failure) is worth remembering.
+    present.flush().await;
+    let now = d.now();
     match result {
         Ok(report) if report.missing.contains(&root) => {
             tracing::info!(
@@ -83,7 +90,7 @@ async fn run_job(svc: &Arc<Service>, job: Job) -> anyhow::Result<()> {
             );
             let msg =
                 "path is no longer valid in the store (garbage-collected before upload)".to_owned();
-            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now()))
+            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now))
                 .await?;
         }
         Ok(report) if report.blocked.contains(&root) => {
@@ -95,7 +102,7 @@ async fn run_job(svc: &Arc<Service>, job: Job) -> anyhow::Result<()> {
                 missing.join(" ")
             );
             tracing::warn!("{}: {msg}", sd.display(&root));
-            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now()))
+            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now))
                 .await?;
         }
         Ok(report) => {
@@ -107,27 +114,58 @@ async fn run_job(svc: &Arc<Service>, job: Job) -> anyhow::Result<()> {
                 report.file_bytes,
                 report.already_present
             );
-            svc.with_queue(move |q| q.finish_job(&path, &target, now()))
+            svc.with_queue(move |q| q.finish_job(&path, &target, now))
                 .await?;
         }
         Err(e) => {
-            let delay = match &e {
-                // A corrupt store path does not heal by itself; check hourly.
-                UploadError::HashMismatch { .. } => 3600,
-                _ => backoff_secs(attempts, path.len() as u64),
-            };
-            if matches!(e, UploadError::HashMismatch { .. }) {
-                tracing::error!("NOT uploading {}: {e}", sd.display(&root));
+            let failure = if e.is_transient() {
+                Failure::Transient
             } else {
-                tracing::warn!(
-                    "upload of {} to {target} failed (attempt {attempts}, retry in {delay}s): {e}",
-                    sd.display(&root)
-                );
+                Failure::Permanent
+            };
+            // `UploadError` carries no server-requested delay: file://
+            // targets have none to give.
+            let delay = d.retry.delay(attempts, failure, None, d.jitter.next());
+            let at = d.clock.after(delay);
+            let msg = failure_message(&e, failure, d.retry.cap);
+            let shown = sd.display(&root);
+            match failure {
+                Failure::Transient => tracing::warn!(
+                    "upload of {shown} to {target} failed (attempt {attempts}, retry in {}s): {msg}",
+                    at - now
+                ),
+                Failure::Permanent => tracing::error!(
+                    "upload of {shown} to {target} failed (attempt {attempts}, retry in {}s): {msg}",
+                    at - now
+                ),
             }
-            let msg = e.to_string();
-            svc.with_queue(move |q| q.retry_job(&path, &target, &msg, now() + delay as i64, now()))
+            svc.with_queue(move |q| q.retry_job(&path, &target, &msg, at, now))
                 .await?;
         }
     }
     Ok(())
+}
+
+/// The job's `last_error`, as `nix-outbox status` shows it. A permanent
+/// failure says so: the error names the cause (and usually the remedy),
+/// and the reader must know that waiting will not help but that the job is
+/// not lost either.
+fn failure_message(e: &UploadError, failure: Failure, cap: Duration) -> String {
+    match failure {
+        Failure::Transient => e.to_string(),
+        Failure::Permanent => format!(
+            "needs fixing: {e} (this does not pass by itself; the job stays queued and is \
+             retried about every {} until it succeeds)",
+            human(cap)
+        ),
+    }
+}
+
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 && secs.is_multiple_of(60) {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
+    }
 }

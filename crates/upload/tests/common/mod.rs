@@ -3,6 +3,7 @@
 //! cache. Each test binary uses a subset, hence the dead-code allowance.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -145,4 +146,75 @@ pub fn substitute(paths: &[String], cache_url: &str, public_key: &str) {
 /// Re-hashes `path` on disk against its database record.
 pub fn verify_path(path: &str) {
     tk::run(tk::nix_store().args(["--verify-path", path]));
+}
+
+/// The closure of `roots`, references before referrers, from Nix itself.
+pub fn closure_topological(roots: &[String]) -> Vec<String> {
+    let out = tk::run(tk::nix_store().arg("-qR").args(roots));
+    let paths = tk::stdout_string(&out);
+    let paths: Vec<&str> = paths.lines().collect();
+    let refs: BTreeMap<&str, Vec<String>> = paths
+        .iter()
+        .map(|p| {
+            let r = tk::stdout_string(&tk::run(tk::nix_store().args(["-q", "--references", p])));
+            (*p, r.lines().map(str::to_owned).collect())
+        })
+        .collect();
+    let mut done: Vec<String> = Vec::new();
+    while done.len() < paths.len() {
+        for p in &paths {
+            let ready = refs[p].iter().all(|r| r == p || done.contains(r));
+            if !done.iter().any(|d| d == p) && ready {
+                done.push((*p).to_owned());
+            }
+        }
+    }
+    done
+}
+
+/// Builds a closure of three paths: a small leaf; a path with `mib` MiB of
+/// random (incompressible) data, so its compressed NAR is about as large,
+/// plus an executable and a symlink; and a top path referring to both.
+/// Returns (top, big).
+pub fn build_big(tag: &str, mib: u32) -> (String, String) {
+    let leaf = tk::sh_derivation(&format!("up-bigleaf-{tag}"), &["out"], "echo leaf > $out");
+    let big = tk::sh_derivation(
+        &format!("up-big-{tag}"),
+        &["out"],
+        &format!(
+            "mkdir -p $out/bin; head -c {} /dev/urandom > $out/random;
+             printf '#!/bin/sh\\n' > $out/bin/x; chmod +x $out/bin/x; ln -s bin/x $out/link",
+            u64::from(mib) * 1024 * 1024
+        ),
+    );
+    let top = tk::sh_derivation(
+        &format!("up-bigtop-{tag}"),
+        &["out"],
+        "echo BIG LEAF > $out",
+    )
+    .replace("BIG", &format!("${{{big}}}"))
+    .replace("LEAF", &format!("${{{leaf}}}"));
+    let outs = tk::nix_build(&format!("[ ({top}) ({big}) ]"));
+    assert_eq!(outs.len(), 2, "{outs:?}");
+    (outs[0].clone(), outs[1].clone())
+}
+
+/// Every store path in the closure of `roots` has the NAR hash it had
+/// before (`hashes`) and passes `nix-store --verify-path`.
+pub fn check_restored(hashes: &BTreeMap<String, String>) {
+    for (p, h) in hashes {
+        assert_eq!(&tk::query("--hash", p), h, "{p}");
+        verify_path(p);
+    }
+}
+
+/// NAR hashes of the closure of `roots`, from Nix.
+pub fn closure_hashes(roots: &[String]) -> BTreeMap<String, String> {
+    tk::closure(roots)
+        .into_iter()
+        .map(|p| {
+            let h = tk::query("--hash", &p);
+            (p, h)
+        })
+        .collect()
 }

@@ -1,0 +1,118 @@
+//! For the service's tests: a real `FileTarget` behind a probe that counts
+//! what is asked of it and can fail `ensure_cache_info` (the first thing an
+//! upload asks, before the store is touched) a given number of times.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use nix_outbox_core::StoreDir;
+use nix_outbox_upload::{BoxFuture, FileTarget, NarWriter, Target, UploadError};
+
+use super::Clock;
+
+pub struct Probe {
+    inner: FileTarget,
+    clock: Clock,
+    failures_left: AtomicUsize,
+    error: fn(&str) -> UploadError,
+    /// When each `ensure_cache_info` call came (one per upload attempt).
+    pub attempts: Mutex<Vec<Duration>>,
+    /// How many existence checks reached the cache directory.
+    pub narinfo_checks: AtomicUsize,
+}
+
+impl Probe {
+    /// A probe on the cache directory `root` that fails the first
+    /// `failures` upload attempts (`usize::MAX`: all) with `error`.
+    pub fn new(
+        root: PathBuf,
+        clock: Clock,
+        failures: usize,
+        error: fn(&str) -> UploadError,
+    ) -> Self {
+        Self {
+            inner: FileTarget::new(root),
+            clock,
+            failures_left: AtomicUsize::new(failures),
+            error,
+            attempts: Mutex::new(Vec::new()),
+            narinfo_checks: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn attempt_times(&self) -> Vec<Duration> {
+        self.attempts.lock().unwrap().clone()
+    }
+
+    pub fn checks(&self) -> usize {
+        self.narinfo_checks.load(Ordering::SeqCst)
+    }
+}
+
+/// A full disk: transient.
+pub fn disk_full(target: &str) -> UploadError {
+    io_error(target, std::io::ErrorKind::StorageFull)
+}
+
+/// No permission: permanent.
+pub fn denied(target: &str) -> UploadError {
+    io_error(target, std::io::ErrorKind::PermissionDenied)
+}
+
+fn io_error(target: &str, kind: std::io::ErrorKind) -> UploadError {
+    UploadError::TargetIo {
+        target: target.to_owned(),
+        op: "write",
+        path: format!("{target}/nix-cache-info"),
+        source: std::io::Error::from(kind),
+    }
+}
+
+impl Target for Probe {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    fn ensure_cache_info<'a>(
+        &'a self,
+        store_dir: &'a StoreDir,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        self.attempts.lock().unwrap().push(self.clock.unix());
+        let fail = self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            let e = (self.error)(self.inner.id());
+            return Box::pin(async move { Err(e) });
+        }
+        self.inner.ensure_cache_info(store_dir)
+    }
+
+    fn has_narinfo<'a>(&'a self, hash_part: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        self.narinfo_checks.fetch_add(1, Ordering::SeqCst);
+        self.inner.has_narinfo(hash_part)
+    }
+
+    fn put_narinfo<'a>(
+        &'a self,
+        hash_part: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        self.inner.put_narinfo(hash_part, text)
+    }
+
+    fn put_listing<'a>(
+        &'a self,
+        hash_part: &'a str,
+        json: &'a str,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        self.inner.put_listing(hash_part, json)
+    }
+
+    fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>> {
+        self.inner.begin_nar()
+    }
+}
