@@ -48,9 +48,19 @@ pub async fn upload_closure(
         ..Default::default()
     };
     let mut unavailable: BTreeSet<StorePath> = report.missing.iter().cloned().collect();
+    // Every question at once, concurrently: a closure that is already in
+    // the cache (the usual case for all but its newest paths) then costs
+    // one batch, not a round trip per path. A narinfo written by someone
+    // else meanwhile only means we upload the same contents again.
+    let hash_parts: Vec<String> = closure
+        .paths
+        .iter()
+        .map(|info| info.path.hash_part().to_owned())
+        .collect();
+    let present = target.has_narinfos(&hash_parts).await?;
     // `closure` orders references before referrers, which is the order
     // narinfos must appear in.
-    for info in &closure.paths {
+    for (info, present) in closure.paths.iter().zip(present) {
         if info.references.iter().any(|r| unavailable.contains(r)) {
             tracing::warn!(
                 path = %info.path,
@@ -60,7 +70,7 @@ pub async fn upload_closure(
             report.blocked.push(info.path.clone());
             continue;
         }
-        if target.has_narinfo(info.path.hash_part()).await? {
+        if present {
             report.already_present += 1;
             continue;
         }

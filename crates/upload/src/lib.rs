@@ -28,6 +28,7 @@ mod target;
 mod target_location;
 mod target_url;
 mod target_url_error;
+mod throttle;
 
 pub use closure_upload::{ClosureReport, upload_closure};
 pub use compress::Compression;
@@ -35,5 +36,6 @@ pub use error::{NarDigest, RemoteErrorKind, UploadError};
 pub use file_target::FileTarget;
 pub use object_target::ObjectStoreTarget;
 pub use pipeline::{PathOutcome, upload_path};
-pub use target::{BoxFuture, NarWriter, Target, open_target};
+pub use target::{BoxFuture, EXISTENCE_CONCURRENCY, NarWriter, Target, open_target};
 pub use target_url::{TargetConfig, TargetLocation, TargetUrlError};
+pub use throttle::{WAIT_IN_REQUEST, parse_retry_after};

@@ -34,6 +34,7 @@ use crate::remote::{self, Remote};
 use crate::spool_writer::SpoolNarWriter;
 use crate::target::{BoxFuture, NarWriter, Target, check_hash_part};
 use crate::target_url::{TargetConfig, TargetLocation};
+use crate::throttle::{Throttle, ThrottledConnector};
 
 const CACHE_INFO: &str = "nix-cache-info";
 
@@ -43,6 +44,8 @@ pub struct ObjectStoreTarget {
     /// (`None`: spool and `PUT`).
     multipart: Option<TargetConfig>,
     cache_info_ok: AtomicBool,
+    /// What the server said about when to come back.
+    throttle: Arc<Throttle>,
 }
 
 impl ObjectStoreTarget {
@@ -66,6 +69,10 @@ impl ObjectStoreTarget {
             max_retries: 6,
             retry_timeout: Duration::from_secs(120),
         };
+        let throttle = Arc::new(Throttle::default());
+        let connector = || ThrottledConnector {
+            throttle: throttle.clone(),
+        };
         let (store, is_s3, credentials): (Arc<dyn ObjectStore>, bool, String) = match &cfg.location
         {
             TargetLocation::S3 {
@@ -82,7 +89,8 @@ impl ObjectStoreTarget {
                     .with_bucket_name(bucket)
                     .with_region(region)
                     .with_client_options(options.with_allow_http(scheme == "http"))
-                    .with_retry(retry);
+                    .with_retry(retry)
+                    .with_http_connector(connector());
                 // Deliberately no `with_checksum_algorithm`: the extra
                 // checksum headers break several S3-compatible stores.
                 if let Some(e) = endpoint {
@@ -115,6 +123,7 @@ impl ObjectStoreTarget {
                     .with_url(url)
                     .with_client_options(options.with_allow_http(true))
                     .with_retry(retry)
+                    .with_http_connector(connector())
                     .build()
                     .map_err(|e| setup(format!("cannot set up the HTTP client: {e}")))?;
                 (Arc::new(http), false, "no credentials".to_owned())
@@ -134,6 +143,7 @@ impl ObjectStoreTarget {
             },
             multipart: (is_s3 && cfg.multipart_upload).then(|| cfg.clone()),
             cache_info_ok: AtomicBool::new(false),
+            throttle,
         })
     }
 
@@ -186,6 +196,10 @@ fn with_ambient_credentials(mut b: AmazonS3Builder) -> AmazonS3Builder {
 impl Target for ObjectStoreTarget {
     fn id(&self) -> &str {
         &self.remote.id
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.throttle.remaining()
     }
 
     fn ensure_cache_info<'a>(

@@ -161,6 +161,10 @@ impl Target for KnownPresent {
         self.inner.id()
     }
 
+    fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after()
+    }
+
     fn ensure_cache_info<'a>(
         &'a self,
         store_dir: &'a StoreDir,
@@ -179,6 +183,34 @@ impl Target for KnownPresent {
                 self.record(hash_part);
             }
             Ok(present)
+        })
+    }
+
+    fn has_narinfos<'a>(
+        &'a self,
+        hash_parts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<bool>, UploadError>> {
+        Box::pin(async move {
+            self.reload_if_due().await;
+            let mut answers: Vec<bool> = hash_parts.iter().map(|h| self.is_known(h)).collect();
+            // Only the unknown go to the target, in one batch.
+            let (ask_at, ask): (Vec<usize>, Vec<String>) = answers
+                .iter()
+                .enumerate()
+                .filter(|(_, known)| !**known)
+                .map(|(i, _)| (i, hash_parts[i].clone()))
+                .unzip();
+            if ask.is_empty() {
+                return Ok(answers);
+            }
+            let asked = self.inner.has_narinfos(&ask).await?;
+            for ((i, hash), present) in ask_at.into_iter().zip(&ask).zip(asked) {
+                if present {
+                    self.record(hash);
+                }
+                answers[i] = present;
+            }
+            Ok(answers)
         })
     }
 

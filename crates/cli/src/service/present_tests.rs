@@ -146,3 +146,33 @@ async fn reloading_prunes_and_applies_a_forget() {
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(probe.narinfo_checks.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_asks_the_target_only_about_the_unknown() {
+    let s = Setup::new();
+    let (probe, kp) = s.target(Duration::from_secs(3600));
+    let all: Vec<String> = (1..=100).map(hash).collect();
+    // Half of them in the cache; none known yet.
+    for h in all.iter().step_by(2) {
+        s.put_narinfo_file(h);
+    }
+    let answers = kp.has_narinfos(&all).await.unwrap();
+    let want: Vec<bool> = (0..100).map(|i| i % 2 == 0).collect();
+    assert_eq!(answers, want, "answers in the order asked");
+    assert_eq!(probe.checks(), 100);
+
+    // Asked again: the 50 present come from memory, the 50 absent are
+    // asked about again (they are about to be uploaded).
+    assert_eq!(kp.has_narinfos(&all).await.unwrap(), want);
+    assert_eq!(probe.checks(), 150);
+
+    // After a restart too, from the queue.
+    kp.flush().await;
+    let (probe, kp) = s.target(Duration::from_secs(3600));
+    assert_eq!(kp.has_narinfos(&all).await.unwrap(), want);
+    assert_eq!(probe.checks(), 50);
+    // Nothing unknown left to ask: no question at all.
+    let present: Vec<String> = all.iter().step_by(2).cloned().collect();
+    assert_eq!(kp.has_narinfos(&present).await.unwrap(), vec![true; 50]);
+    assert_eq!(probe.checks(), 50);
+}

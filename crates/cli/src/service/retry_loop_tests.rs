@@ -215,3 +215,25 @@ async fn permanent_failures_keep_the_job_at_the_capped_pace() {
         assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_servers_retry_after_is_never_cut_short() {
+    let rig = rig(usize::MAX, disk_full);
+    // Longer than the policy's own cap: only the server's word explains it.
+    *rig.probe.retry_after.lock().unwrap() = Some(Duration::from_secs(600));
+    let path = rig
+        .enqueue(&format!("/nix/store/{:032}-never-built", 8))
+        .await;
+    let worker = rig.start_worker();
+    tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+    rig.stop(worker).await;
+
+    let times = rig.probe.attempt_times();
+    let gaps: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+    assert!(gaps.len() >= 3 * 3600 / 660 - 1, "{gaps:?}");
+    // At least what was asked, plus at most 10% so that workers told the
+    // same do not return in step (and the queue's whole seconds).
+    assert!(gaps.iter().all(|g| (600..=661).contains(g)), "{gaps:?}");
+    assert!(gaps.iter().any(|g| *g != gaps[0]), "jittered: {gaps:?}");
+    assert_eq!(rig.job(&path).await.state, JobState::Pending);
+}

@@ -21,6 +21,8 @@ pub struct Probe {
     pub attempts: Mutex<Vec<Duration>>,
     /// How many existence checks reached the cache directory.
     pub narinfo_checks: AtomicUsize,
+    /// What the probe says the server asked for (`Retry-After`).
+    pub retry_after: Mutex<Option<Duration>>,
 }
 
 impl Probe {
@@ -39,6 +41,7 @@ impl Probe {
             error,
             attempts: Mutex::new(Vec::new()),
             narinfo_checks: AtomicUsize::new(0),
+            retry_after: Mutex::new(None),
         }
     }
 
@@ -73,6 +76,10 @@ fn io_error(target: &str, kind: std::io::ErrorKind) -> UploadError {
 impl Target for Probe {
     fn id(&self) -> &str {
         self.inner.id()
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        *self.retry_after.lock().unwrap()
     }
 
     fn ensure_cache_info<'a>(

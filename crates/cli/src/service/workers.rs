@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix_outbox_queue::Job;
-use nix_outbox_upload::{UploadError, upload_closure};
+use nix_outbox_upload::{Target as _, UploadError, upload_closure};
 use tokio::sync::watch;
 
 use super::{Daemon, Failure, idle};
@@ -123,9 +123,10 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
             } else {
                 Failure::Permanent
             };
-            // `UploadError` carries no server-requested delay: file://
-            // targets have none to give.
-            let delay = d.retry.delay(attempts, failure, None, d.jitter.next());
+            // A server that sent Retry-After is not asked again earlier.
+            let delay = d
+                .retry
+                .delay(attempts, failure, present.retry_after(), d.jitter.next());
             let at = d.clock.after(delay);
             let msg = failure_message(&e, failure, d.retry.cap);
             let shown = sd.display(&root);
