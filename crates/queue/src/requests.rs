@@ -215,6 +215,17 @@ impl Queue {
                      ON CONFLICT (path, target) DO NOTHING",
                 )
                 .context(OP)?;
+            // A path skipped because it was gone from the store (GC'd before
+            // its upload) and now built again must go out after all: the
+            // job starts afresh, owned by this request.
+            let mut revive = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'pending', attempts = 0, last_error = NULL,
+                                     next_attempt_at = ?5, request_id = ?3, seq = ?4,
+                                     updated_at = ?5
+                     WHERE path = ?1 AND target = ?2 AND state = 'skipped'",
+                )
+                .context(OP)?;
             let mut adopt = tx
                 .prepare_cached(
                     "UPDATE jobs SET request_id = ?3, seq = ?4
@@ -234,9 +245,15 @@ impl Queue {
                     // Returning early drops `tx`, which rolls back every job
                     // inserted so far.
                     let changed = match insert.execute(params![path, target, now, id, seq]) {
-                        Ok(0) => adopt
-                            .execute(params![path, target, id, seq])
-                            .map_err(invalid)?,
+                        Ok(0) => match revive
+                            .execute(params![path, target, id, seq, now])
+                            .map_err(invalid)?
+                        {
+                            0 => adopt
+                                .execute(params![path, target, id, seq])
+                                .map_err(invalid)?,
+                            n => n,
+                        },
                         Ok(n) => {
                             created += n;
                             n

@@ -231,3 +231,33 @@ fn concurrent_claimers_never_get_the_same_job() {
         );
     }
 }
+
+#[test]
+fn a_skipped_path_built_again_is_uploaded_after_all() {
+    let (_dir, _path, mut q) = queue();
+    add_expanded(&mut q, &["aaaa-a", "bbbb-b"], &["t"], 1);
+    q.claim_job(1).unwrap().unwrap();
+    q.skip_job("aaaa-a", "t", "garbage-collected before upload", 2)
+        .unwrap();
+    q.claim_job(3).unwrap().unwrap();
+    q.finish_job("bbbb-b", "t", 4).unwrap();
+
+    // Both built again by a later build.
+    let second = add(&mut q, &["x"], 5);
+    let created = q
+        .expand_request(second, &strings(&["aaaa-a", "bbbb-b"]), &strings(&["t"]), 6)
+        .unwrap();
+    assert_eq!(created, 0, "no new rows: the skipped one is revived");
+    let a = q.job("aaaa-a", "t").unwrap().unwrap();
+    assert_eq!(a.state, JobState::Pending);
+    assert_eq!(
+        (a.attempts, a.next_attempt_at, a.request_id),
+        (0, 6, second)
+    );
+    assert_eq!(a.last_error, None);
+    // The uploaded one stays done.
+    assert_eq!(q.job("bbbb-b", "t").unwrap().unwrap().state, JobState::Done);
+    let again = q.claim_job(6).unwrap().unwrap();
+    assert_eq!(again.path, "aaaa-a");
+    assert_eq!(q.claim_job(i64::MAX).unwrap(), None);
+}
