@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use nix_outbox::config::Config;
 use nix_outbox_core::StorePath;
 use nix_outbox_hook::client;
@@ -56,9 +56,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 // No daemon: commit straight to the queue; the daemon picks it
                 // up when it starts. Still durable, still nothing lost.
                 let outs: Vec<String> = req.out_paths.iter().map(|p| sd.display(p)).collect();
-                cfg.ensure_state_dir()?;
-                let mut q = Queue::open(&cfg.queue_path())?;
-                let id = q.add_request(Source::Push, None, &outs, nix_outbox::service::now())?;
+                let direct = || -> anyhow::Result<i64> {
+                    cfg.ensure_state_dir()?;
+                    let mut q = Queue::open(&cfg.queue_path())?;
+                    Ok(q.add_request(Source::Push, None, &outs, nix_outbox::service::now())?)
+                };
+                // Both ways failed: say why for each, the socket's first
+                // (for a non-root user, "permission denied" there is the
+                // answer: only root, or the socket-group, may enqueue).
+                let id = direct().with_context(|| {
+                    format!(
+                        "nothing was queued: the daemon is not reachable at {} ({e}), and \
+                         queueing directly in {} failed",
+                        cfg.socket.display(),
+                        cfg.queue_path().display()
+                    )
+                })?;
                 eprintln!(
                     "nix-outbox: daemon not reachable at {} ({e}); queued directly in {}",
                     cfg.socket.display(),
