@@ -105,14 +105,9 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 /// Loads the configured keys, or with none configured, the embedded
 /// default key `<state-dir>/keys/<host>-outbox-1`, generated on first use.
 fn load_or_generate_keys(cfg: &Config) -> anyhow::Result<(Vec<SecretKey>, bool)> {
-    let mut out = Vec::new();
     let mut generated = false;
     let files = if cfg.secret_key_files.is_empty() {
-        let name = format!("{}-outbox-1", hostname());
-        let (sk, pk) = (
-            cfg.keys_dir().join(format!("{name}.sk")),
-            cfg.keys_dir().join(format!("{name}.pk")),
-        );
+        let (name, sk, pk) = default_key_files(cfg);
         if !sk.exists() {
             create_private_dir(&cfg.keys_dir())?;
             let key = SecretKey::generate(&name)?;
@@ -128,8 +123,26 @@ fn load_or_generate_keys(cfg: &Config) -> anyhow::Result<(Vec<SecretKey>, bool)>
     } else {
         cfg.secret_key_files.clone()
     };
+    Ok((read_keys(&files)?, generated))
+}
+
+/// The embedded default key used when `secret-key-files` is empty: its
+/// name and its secret and public key files under `<state-dir>/keys/`.
+/// Shared with `copy`, which uses the key but never generates it.
+pub fn default_key_files(cfg: &Config) -> (String, PathBuf, PathBuf) {
+    let name = format!("{}-outbox-1", hostname());
+    let (sk, pk) = (
+        cfg.keys_dir().join(format!("{name}.sk")),
+        cfg.keys_dir().join(format!("{name}.pk")),
+    );
+    (name, sk, pk)
+}
+
+/// Reads secret key files, warning loudly about group/world-readable ones.
+pub fn read_keys(files: &[PathBuf]) -> anyhow::Result<Vec<SecretKey>> {
+    let mut out = Vec::new();
     for f in files {
-        let loaded = keys::read_secret_key_file(&f)?;
+        let loaded = keys::read_secret_key_file(f)?;
         if let Some(w) = &loaded.permission_warning {
             // Loud on purpose: both in the log and on the terminal.
             tracing::warn!("{w}");
@@ -137,7 +150,7 @@ fn load_or_generate_keys(cfg: &Config) -> anyhow::Result<(Vec<SecretKey>, bool)>
         }
         out.push(loaded.key);
     }
-    Ok((out, generated))
+    Ok(out)
 }
 
 pub fn hostname() -> String {
@@ -180,8 +193,16 @@ fn bind_socket(cfg: &Config) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Created 0600 from the start: between `bind` and the chmod below, a
+    // socket made under a lax umask would let anyone connect (and keep a
+    // connection made in that window). umask is process-wide, but nothing
+    // else creates files while the daemon starts up.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let old_mask = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above; restores the previous mask.
+    unsafe { libc::umask(old_mask) };
+    let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
     // Root-only by default: only root may enqueue (the hook runs as root under
     // nix-daemon). A configured group gets access too.
     let mode = match &cfg.socket_group {
