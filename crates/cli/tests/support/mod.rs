@@ -1,6 +1,9 @@
 //! Running the real thing end to end: a private nix-daemon (Nix 2.8 on the
 //! host) whose post-build-hook is our built `nix-outbox-hook`, and the
 //! `nix-outbox` daemon as a separate process, like in production.
+//!
+//! Shared by several test binaries, each using only some helpers.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,10 +44,45 @@ pub struct Outbox {
     pub cache: PathBuf,
     pub public_key: String,
     daemon: Option<Child>,
+    /// Added to the daemon's environment after removing the AWS credential
+    /// variables (see `with_targets`); `None`: the environment is inherited.
+    daemon_env: Option<Vec<(String, String)>>,
 }
+
+/// The variables the AWS tools (and our S3 target) take credentials from.
+const AWS_CREDENTIAL_VARS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+];
 
 impl Outbox {
     pub fn new(compression: &str) -> Self {
+        let mut outbox = Self::with_targets(
+            |cache| {
+                vec![format!(
+                    "file://{}?compression={compression}",
+                    cache.display()
+                )]
+            },
+            &[],
+        );
+        // The daemon inherits the test's environment unchanged, as before.
+        outbox.daemon_env = None;
+        outbox
+    }
+
+    /// An outbox uploading to the targets `targets(cache)` returns (given
+    /// the outbox's own file:// cache directory, to use or not), whose
+    /// daemon runs with `daemon_env` added. The daemon's environment is
+    /// cleared of AWS credential variables first, so only what a test
+    /// passes (never the test process's or the host's) reaches it.
+    pub fn with_targets(
+        targets: impl FnOnce(&Path) -> Vec<String>,
+        daemon_env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let (sk, pk) = (d.join("k.sk"), d.join("k.pk"));
@@ -56,25 +94,33 @@ impl Outbox {
                 .arg(&pk),
         );
         let cache = d.join("cache");
+        let targets: Vec<String> = targets(&cache).iter().map(|t| format!("{t:?}")).collect();
         let config = d.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "state-dir = {:?}\nsocket = {:?}\nsecret-key-files = [{:?}]\ntargets = [\"file://{}?compression={compression}\"]\nhook-timeout-ms = 3000\n",
+                "state-dir = {:?}\nsocket = {:?}\nsecret-key-files = [{:?}]\ntargets = [{}]\nhook-timeout-ms = 3000\n",
                 d.join("state"),
                 d.join("hook.sock"),
                 sk,
-                cache.display()
+                targets.join(", ")
             ),
         )
         .unwrap();
         let public_key = std::fs::read_to_string(&pk).unwrap();
+        let daemon_env = Some(
+            daemon_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
         Self {
             dir,
             config,
             cache,
             public_key,
             daemon: None,
+            daemon_env,
         }
     }
 
@@ -117,6 +163,12 @@ impl Outbox {
         cmd.args(["daemon", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info,nix_daemon=warn");
+        if let Some(env) = &self.daemon_env {
+            for v in AWS_CREDENTIAL_VARS {
+                cmd.env_remove(v);
+            }
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        }
         match nix_remote {
             Some(s) => cmd.env("NIX_REMOTE", format!("unix://{}", s.display())),
             None => cmd.env_remove("NIX_REMOTE"),
@@ -182,29 +234,48 @@ impl Outbox {
     /// The cache passes `nix store verify --all` with our key, and every
     /// narinfo's NAR file exists.
     pub fn assert_cache_valid(&self) {
-        let out = tk::nix_store_verify_all(&self.cache_url(), &self.public_key);
+        self.assert_cache_valid_at(&self.cache);
+    }
+
+    /// [`assert_cache_valid`](Self::assert_cache_valid) for the cache in
+    /// directory `dir` (another file:// target, or an S3 bucket's directory).
+    pub fn assert_cache_valid_at(&self, dir: &Path) {
+        let out = tk::nix_store_verify_all(&format!("file://{}", dir.display()), &self.public_key);
         assert!(
             out.status.success(),
             "nix store verify: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        for e in std::fs::read_dir(&self.cache).unwrap().flatten() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(_hash) = name.strip_suffix(".narinfo") {
                 let text = std::fs::read_to_string(e.path()).unwrap();
                 let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
-                assert!(
-                    self.cache.join(url).exists(),
-                    "{name} points to missing {url}"
-                );
+                assert!(dir.join(url).exists(), "{name} points to missing {url}");
             }
         }
     }
 
     pub fn has(&self, path: &str) -> bool {
-        let hash = &Path::new(path).file_name().unwrap().to_str().unwrap()[..32];
-        self.cache.join(format!("{hash}.narinfo")).exists()
+        has_narinfo(&self.cache, path)
     }
+
+    /// `status --json`, parsed, asserting success.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status --json: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// Whether the cache in directory `dir` has a narinfo for store path `path`.
+pub fn has_narinfo(dir: &Path, path: &str) -> bool {
+    let hash = &Path::new(path).file_name().unwrap().to_str().unwrap()[..32];
+    dir.join(format!("{hash}.narinfo")).exists()
 }
 
 impl Drop for Outbox {
