@@ -138,10 +138,9 @@ fn s3_and_file_targets_at_once() {
     let names: Vec<_> = file_nars.flatten().map(|e| e.file_name()).collect();
     assert_eq!(names.len(), 8, "{names:?}");
     assert!(names.iter().all(|n| n.to_string_lossy().ends_with(".nar")));
-    // S3 NAR keys are `<NarHash>-<random>.nar.zst`. Two workers whose
-    // closures share a path not yet in the cache may both upload it (mid
-    // is in mid.dev's closure too); the loser's NAR is then an orphan that
-    // no narinfo names. Harmless, so only checked to be such a duplicate.
+    // S3 NAR keys are `<NarHash>-<random>.nar.zst`. Workers whose closures
+    // share a path (mid.out is in mid.dev's closure too) take turns on it,
+    // so it goes up once: no orphan NAR that no narinfo names.
     let referenced: Vec<String> = std::fs::read_dir(&bucket)
         .unwrap()
         .flatten()
@@ -154,12 +153,15 @@ fn s3_and_file_targets_at_once() {
         })
         .collect();
     assert_eq!(referenced.len(), 8);
+    let mut nars = Vec::new();
     for e in std::fs::read_dir(bucket.join("nar")).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         assert!(name.ends_with(".nar.zst"), "{name}");
         let nar_hash = name.split('-').next().unwrap();
         assert!(referenced.iter().any(|r| r == nar_hash), "stray {name}");
+        nars.push(name);
     }
+    assert_eq!(nars.len(), 8, "each path uploaded once: {nars:?}");
     // Each big NAR (12 MiB) went up as a multipart upload of three 5 MiB
     // parts: s3s-fs logs the assembled object's ETag, which S3 ends in
     // `-<parts>`. No upload was left incomplete (s3s-fs would keep its parts
@@ -333,10 +335,36 @@ fn wrong_s3_credentials_show_in_status_and_nothing_is_lost() {
     assert!(!out.status.success(), "{msg}");
     assert!(msg.contains(base) && msg.contains("needs fixing"), "{msg}");
 
-    // Fix the credentials and restart the daemon: the same job goes up.
-    // The restarted daemon takes it when its backoff ends (15–30 s after
-    // the first failure; nothing makes it due earlier), hence the long
-    // `wait` timeout, which only bounds a hang.
+    // `retry` makes the waiting job due now rather than after its backoff
+    // (15–30 s after the first failure): the daemon tries it again at once
+    // (and fails again: the credentials are still wrong).
+    let out = outbox.cli(&["retry", "--target", &url, &path]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("1 waiting job(s) are due now"), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = target_status(&outbox.status_json(), "s3://");
+        if t["recent_failures"][0]["attempts"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second attempt after `retry`: {t}\n--- daemon log:\n{}",
+            outbox.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = outbox.cli(&["retry", "--target", "s3://elsewhere", &path]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("not a configured target"),
+        "{said}"
+    );
+
+    // Fix the credentials and restart the daemon: the restart makes every
+    // waiting job due at once, and the same job goes up. The long `wait`
+    // timeout only bounds a hang.
     outbox.kill();
     write_credentials(&creds, &s3.access_key, &s3.secret_key);
     outbox.start(Some(&nix.socket));
@@ -348,6 +376,11 @@ fn wrong_s3_credentials_show_in_status_and_nothing_is_lost() {
         outbox.log()
     );
     assert!(has_narinfo(&s3.bucket_dir(), &path), "{}", outbox.log());
+    assert!(
+        outbox.log().contains("retried now, at start"),
+        "{}",
+        outbox.log()
+    );
     outbox.assert_cache_valid_at(&s3.bucket_dir());
     let t = target_status(&outbox.status_json(), "s3://");
     assert_all_done(&t, 1);

@@ -188,6 +188,49 @@ impl Queue {
         Ok(count)
     }
 
+    /// Makes waiting work due at `now`: pending jobs whose next attempt is
+    /// later (after a person fixed what they failed on, a retry need not
+    /// wait out the backoff) and, without a path filter, deferred requests.
+    /// `target`: only that target's jobs; `paths` (basenames): only those;
+    /// empty: all. Returns how many jobs became due.
+    pub fn retry_now(
+        &mut self,
+        target: Option<&str>,
+        paths: &[String],
+        now: i64,
+    ) -> Result<usize, QueueError> {
+        const OP: &str = "making waiting jobs due now";
+        let tx = self.write(OP)?;
+        let mut count = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE jobs SET next_attempt_at = ?1
+                     WHERE state = 'pending' AND next_attempt_at > ?1
+                       AND (?2 IS NULL OR target = ?2) AND (?3 IS NULL OR path = ?3)",
+                )
+                .context(OP)?;
+            if paths.is_empty() {
+                count += stmt
+                    .execute(params![now, target, None::<&str>])
+                    .context(OP)?;
+            }
+            for path in paths {
+                count += stmt.execute(params![now, target, path]).context(OP)?;
+            }
+        }
+        if paths.is_empty() {
+            tx.prepare_cached(
+                "UPDATE requests SET next_attempt_at = ?1
+                 WHERE state = 'new' AND next_attempt_at > ?1",
+            )
+            .and_then(|mut stmt| stmt.execute([now]))
+            .context(OP)?;
+        }
+        tx.commit().context(OP)?;
+        Ok(count)
+    }
+
     /// The job for (`path`, `target`), if there is one.
     pub fn job(&self, path: &str, target: &str) -> Result<Option<Job>, QueueError> {
         self.conn

@@ -261,3 +261,36 @@ fn a_skipped_path_built_again_is_uploaded_after_all() {
     assert_eq!(again.path, "aaaa-a");
     assert_eq!(q.claim_job(i64::MAX).unwrap(), None);
 }
+
+#[test]
+fn retry_now_makes_waiting_jobs_due() {
+    let (_dir, _path, mut q) = queue();
+    add_expanded(&mut q, &["aaaa-a", "bbbb-b", "cccc-c"], &["t", "u"], 1);
+    // Every job fails once and waits an hour.
+    while let Some(job) = q.claim_job(2).unwrap() {
+        q.retry_job(&job.path, &job.target, "denied", 3600, 2)
+            .unwrap();
+    }
+    assert_eq!(q.claim_job(10).unwrap(), None);
+
+    // One path on one target.
+    assert_eq!(
+        q.retry_now(Some("t"), &strings(&["bbbb-b"]), 10).unwrap(),
+        1
+    );
+    let job = q.claim_job(10).unwrap().unwrap();
+    assert_eq!((job.path.as_str(), job.target.as_str()), ("bbbb-b", "t"));
+    assert_eq!(q.claim_job(10).unwrap(), None);
+    // One target.
+    assert_eq!(q.retry_now(Some("u"), &[], 11).unwrap(), 3);
+    // Everything else; the in-flight job and those already due are left.
+    assert_eq!(q.retry_now(None, &[], 12).unwrap(), 2);
+    let mut due = 0;
+    while q.claim_job(12).unwrap().is_some() {
+        due += 1;
+    }
+    assert_eq!(due, 5);
+    // The error stays until an attempt succeeds.
+    let a = q.job("aaaa-a", "t").unwrap().unwrap();
+    assert_eq!(a.last_error.as_deref(), Some("denied"));
+}

@@ -74,7 +74,15 @@ pub async fn upload_closure(
             report.already_present += 1;
             continue;
         }
-        match upload_path(pool, target, cfg, keys, info).await? {
+        let claim = target.claim_upload(info.path.hash_part()).await;
+        if claim.waited && target.has_narinfo(info.path.hash_part()).await? {
+            // Another job uploaded it while we waited.
+            report.already_present += 1;
+            continue;
+        }
+        let outcome = upload_path(pool, target, cfg, keys, info).await;
+        drop(claim);
+        match outcome? {
             PathOutcome::Uploaded {
                 nar_size,
                 file_size,

@@ -36,6 +36,6 @@ pub use error::{NarDigest, RemoteErrorKind, UploadError};
 pub use file_target::FileTarget;
 pub use object_target::ObjectStoreTarget;
 pub use pipeline::{PathOutcome, upload_path};
-pub use target::{BoxFuture, EXISTENCE_CONCURRENCY, NarWriter, Target, open_target};
+pub use target::{BoxFuture, EXISTENCE_CONCURRENCY, NarWriter, Target, UploadClaim, open_target};
 pub use target_url::{TargetConfig, TargetLocation, TargetUrlError};
 pub use throttle::{WAIT_IN_REQUEST, parse_retry_after};

@@ -84,6 +84,18 @@ pub trait Target: Send + Sync {
         })
     }
 
+    /// Claims the upload of `hash_part` to this cache for the caller, until
+    /// the returned claim is dropped. Waits while someone else holds it, so
+    /// two jobs whose closures share a path (two outputs of one derivation
+    /// referring to a third, say) do not both upload it: the second finds
+    /// it present afterwards ([`UploadClaim::waited`] says to look again).
+    /// The default claims nothing: a target used by one closure at a time
+    /// needs no coordination.
+    fn claim_upload<'a>(&'a self, hash_part: &'a str) -> BoxFuture<'a, UploadClaim> {
+        let _ = hash_part;
+        Box::pin(async { UploadClaim::default() })
+    }
+
     /// Writes (or replaces) `<hash_part>.narinfo`.
     fn put_narinfo<'a>(
         &'a self,
@@ -102,6 +114,17 @@ pub trait Target: Send + Sync {
     /// [`NarWriter::prepare`] before writing; a target wrapping another
     /// hands its writer through untouched.
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>>;
+}
+
+/// The right to upload one path to one cache; see
+/// [`Target::claim_upload`].
+#[derive(Default)]
+pub struct UploadClaim {
+    /// Another upload of the path had to end before this claim was given:
+    /// the path may be in the cache now.
+    pub waited: bool,
+    /// Whatever holds the claim; dropping it releases the claim.
+    pub guard: Option<Box<dyn Send + Sync>>,
 }
 
 /// A NAR upload in progress. Bytes are written synchronously (the pipeline

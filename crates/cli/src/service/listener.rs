@@ -44,6 +44,12 @@ async fn handle(d: Arc<Daemon>, mut stream: UnixStream) {
     let reply = match tokio::time::timeout(READ_TIMEOUT, read_frame(&mut stream)).await {
         Err(_) => Reply::error("timed out waiting for the request"),
         Ok(Err(e)) => Reply::error(&e),
+        // A connection closed without a byte: a liveness probe (or a hook
+        // that gave up before writing); nothing to answer or warn about.
+        Ok(Ok(frame)) if frame.is_empty() => {
+            tracing::debug!("a connection closed without a request");
+            return;
+        }
         Ok(Ok(frame)) => match protocol::decode(&frame, &d.svc.store_dir) {
             Err(e) => {
                 tracing::warn!("refused a malformed hook request: {e}");

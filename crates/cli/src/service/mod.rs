@@ -178,6 +178,15 @@ pub async fn run_with(
     if recovered > 0 {
         tracing::warn!("{recovered} upload(s) were interrupted by a crash or stop; retrying them");
     }
+    // A restart usually follows a fix (credentials, configuration): what
+    // was waiting out a backoff is tried again at once.
+    let due = d
+        .svc
+        .with_queue(move |q| q.retry_now(None, &[], now))
+        .await?;
+    if due > 0 {
+        tracing::info!("{due} waiting upload(s) are retried now, at start");
+    }
     for t in &d.svc.targets {
         t.target
             .ensure_cache_info(&d.svc.store_dir)

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use nix_outbox_core::StoreDir;
 use nix_outbox_queue::Queue;
-use nix_outbox_upload::{BoxFuture, NarWriter, Target, UploadError};
+use nix_outbox_upload::{BoxFuture, NarWriter, Target, UploadClaim, UploadError};
 
 use super::{Clock, on_queue};
 
@@ -39,6 +39,30 @@ pub struct KnownPresent {
     clock: Clock,
     ttl_secs: i64,
     state: Mutex<State>,
+    /// Paths being uploaded to this target right now, by any worker.
+    uploads: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// A claim on one path's upload: releases the per-path lock, and forgets
+/// the lock once nobody else holds or waits for it.
+struct Claim {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    uploads: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    hash: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map's own reference left: no waiter, no holder.
+        if map
+            .get(&self.hash)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            map.remove(&self.hash);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -66,6 +90,7 @@ impl KnownPresent {
             clock,
             ttl_secs: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
             state: Mutex::new(State::default()),
+            uploads: Arc::default(),
         }
     }
 
@@ -132,6 +157,12 @@ impl KnownPresent {
                 self.queue_id
             ),
         }
+    }
+
+    /// How many paths have an upload claimed or waited for (for tests).
+    #[cfg(test)]
+    pub fn uploads_in_progress(&self) -> usize {
+        self.uploads.lock().unwrap().len()
     }
 
     /// Writes what was seen since the last flush to the queue, in one
@@ -211,6 +242,27 @@ impl Target for KnownPresent {
                 answers[i] = present;
             }
             Ok(answers)
+        })
+    }
+
+    fn claim_upload<'a>(&'a self, hash_part: &'a str) -> BoxFuture<'a, UploadClaim> {
+        Box::pin(async move {
+            let lock = {
+                let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+                map.entry(hash_part.to_owned()).or_default().clone()
+            };
+            let (guard, waited) = match lock.clone().try_lock_owned() {
+                Ok(guard) => (guard, false),
+                Err(_) => (lock.lock_owned().await, true),
+            };
+            UploadClaim {
+                waited,
+                guard: Some(Box::new(Claim {
+                    guard: Some(guard),
+                    uploads: self.uploads.clone(),
+                    hash: hash_part.to_owned(),
+                })),
+            }
         })
     }
 

@@ -176,3 +176,28 @@ async fn a_batch_asks_the_target_only_about_the_unknown() {
     assert_eq!(kp.has_narinfos(&present).await.unwrap(), vec![true; 50]);
     assert_eq!(probe.checks(), 50);
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_upload_per_path_at_a_time() {
+    let s = Setup::new();
+    let (_probe, kp) = s.target(Duration::from_secs(3600));
+    let kp = Arc::new(kp);
+    let first = kp.claim_upload(&hash(1)).await;
+    assert!(!first.waited);
+    // Another path is not held up.
+    let other = kp.claim_upload(&hash(2)).await;
+    assert!(!other.waited);
+
+    // The same path waits until the first claim ends, and says it waited.
+    let kp2 = kp.clone();
+    let second = tokio::spawn(async move { kp2.claim_upload(&hash(1)).await.waited });
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!second.is_finished(), "the second claim must wait");
+    drop(first);
+    assert!(second.await.unwrap(), "the second claim waited");
+    drop(other);
+    assert!(
+        kp.uploads_in_progress() == 0,
+        "locks are forgotten once released"
+    );
+}

@@ -156,7 +156,8 @@ fn failure_message(e: &UploadError, failure: Failure, cap: Duration) -> String {
         Failure::Transient => e.to_string(),
         Failure::Permanent => format!(
             "needs fixing: {e} (this does not pass by itself; the job stays queued and is \
-             retried about every {} until it succeeds)",
+             retried, at pauses growing to {}, until it succeeds; `nix-outbox retry` \
+             retries at once)",
             human(cap)
         ),
     }
