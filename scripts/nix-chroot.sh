@@ -141,9 +141,20 @@ setup_nix() {
   # Nix as root without a daemon builds as these users (build-users-group);
   # Debian creates them in nix-setup-systemd, which a minbase chroot lacks.
   in_chroot "$dir" getent group nixbld >/dev/null || in_chroot "$dir" groupadd -r nixbld
+  # UIDs of their own, never the host's: Nix kills every process of a build
+  # user before and after each build, and the chroot's Nix cannot see the
+  # host's build-user locks, so a shared UID (useradd -r gives both 999)
+  # lets a build on the host SIGKILL a build in the chroot and vice versa.
+  local base uid cur
+  base=$((30000 + $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 500 * 10))
   for i in 1 2 3 4; do
-    in_chroot "$dir" getent passwd "nixbld$i" >/dev/null ||
-      in_chroot "$dir" useradd -r -M -N -g nixbld -G nixbld -s /usr/sbin/nologin "nixbld$i"
+    uid=$((base + i))
+    cur=$(in_chroot "$dir" id -u "nixbld$i" 2>/dev/null || true)
+    if [ -z "$cur" ]; then
+      in_chroot "$dir" useradd -r -u "$uid" -M -N -g nixbld -G nixbld -s /usr/sbin/nologin "nixbld$i"
+    elif [ "$cur" != "$uid" ]; then
+      in_chroot "$dir" usermod -u "$uid" "nixbld$i"
+    fi
   done
   mkdir -p "$dir/etc/nix"
   # sandbox = false: Nix's build sandbox needs namespaces that a chroot on a
