@@ -5,6 +5,7 @@
 #
 #   scripts/test.sh            # everything
 #   FUZZ_SECONDS=0 scripts/test.sh   # skip the fuzz smoke runs
+#   MATRIX=0 scripts/test.sh         # skip the Nix 2.26/2.34 chroot matrix
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +54,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test"
 cargo test --workspace --locked
+
+if [ "${MATRIX:-1}" != 0 ]; then
+  # Nix 2.26 and 2.34 in debootstrap chroots, next to the host's 2.8.
+  log "Nix version matrix (scripts/matrix.sh)"
+  scripts/matrix.sh trixie sid
+fi
 
 if [ "$FUZZ_SECONDS" != 0 ]; then
   ensure_cargo_fuzz
