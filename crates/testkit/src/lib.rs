@@ -2,6 +2,7 @@
 //! machine. Nothing here mocks Nix: when `nix-store` is missing the tests
 //! fail loudly (the test command installs it), they never skip.
 
+pub mod fault_proxy;
 pub mod net;
 pub mod s3;
 pub mod webdav;
