@@ -23,10 +23,14 @@ enum Command {
     Daemon(cmd::daemon::Args),
     /// Enqueue store paths (and their closures) by hand.
     Push(cmd::push::Args),
+    /// Upload the closures of store paths now, in the foreground, without the queue.
+    Copy(cmd::copy::Args),
     /// Show the queue per target: pending, in flight, failing with their last error.
     Status(cmd::status::Args),
     /// Wait until everything accepted so far is uploaded.
     Wait(cmd::wait::Args),
+    /// Retry waiting uploads now instead of after their backoff (after a fix).
+    Retry(cmd::retry::Args),
     /// Generate a signing key pair, compatible with `nix-store --generate-binary-cache-key`.
     Keygen(cmd::keygen::Args),
     /// Validate and explain the effective configuration.
@@ -47,8 +51,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Push(a) => cmd::push::run(a),
+        Command::Copy(a) => cmd::copy::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Wait(a) => cmd::wait::run(a),
+        Command::Retry(a) => cmd::retry::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::CheckConfig(a) => cmd::check_config::run(a),
     };
