@@ -13,7 +13,10 @@
 //! inject. [`FaultProxy::down`] / [`FaultProxy::up`] stop and resume
 //! listening. [`FaultProxy::counts`] tells what really happened, so a test
 //! can check that the faults it meant to survive were injected at all.
+//! [`FaultProxy::fill_in`] answers requests the upstream does not implement
+//! (ListMultipartUploads, which s3s-fs lacks), faults applied as usual.
 
+mod fill_in;
 mod plumbing;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -29,6 +32,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use fill_in::FillIn;
+use fill_in::fill_in;
 use plumbing::{Pace, ResettableStream, pump};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -174,6 +179,7 @@ struct Shared {
     pace_down: Arc<Pace>,
     /// Open client connections, aborted all at once by `down`.
     conns: Mutex<JoinSet<()>>,
+    fill_in: Mutex<Option<FillIn>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -220,6 +226,7 @@ impl FaultProxy {
             pace_up: Arc::default(),
             pace_down: Arc::default(),
             conns: Mutex::new(JoinSet::new()),
+            fill_in: Mutex::new(None),
         });
         let (listener, addr) = rt
             .block_on(listen((Ipv4Addr::LOCALHOST, 0).into()))
@@ -252,6 +259,13 @@ impl FaultProxy {
     pub fn set_plan(&self, plan: Plan) {
         self.shared.note(format!("plan: {plan:?}"));
         *lock(&self.shared.plan) = plan;
+    }
+
+    /// Answers with `f` what the upstream answers `501 Not Implemented`
+    /// (see [`FillIn`]). The request still goes upstream first, so the
+    /// upstream checks it as far as it can (an S3 server: its signature).
+    pub fn fill_in(&self, f: impl Fn(&str, &str, &str) -> Option<String> + Send + Sync + 'static) {
+        *lock(&self.shared.fill_in) = Some(Arc::new(f));
     }
 
     /// Stops listening (new connections are refused) and closes every open
@@ -447,12 +461,16 @@ async fn forward(
     rate: Option<u64>,
     truncate: bool,
 ) -> Response<ProxyBody> {
+    let (method, target) = (req.method().to_string(), req.uri().to_string());
     let req = req.map(|body| match rate {
         Some(r) => pump(body, Some((shared.pace_up.clone(), r)), None),
         None => body.map_err(BoxError::from).boxed(),
     });
     let resp = match send_upstream(&shared.upstream, req).await {
-        Ok(resp) => resp,
+        Ok(resp) if resp.status() == StatusCode::NOT_IMPLEMENTED => {
+            fill_in(resp, &method, &target, shared).await
+        }
+        Ok(resp) => resp.map(|body| body.map_err(BoxError::from).boxed()),
         Err(e) => {
             shared.count(|c| c.upstream_errors += 1);
             shared.note(format!("upstream {}: {e}", shared.upstream));
@@ -466,7 +484,7 @@ async fn forward(
     let limit = truncate.then(|| resp.body().size_hint().exact().unwrap_or(0) / 2);
     let pace = rate.map(|r| (shared.pace_down.clone(), r));
     resp.map(|body| match (pace, limit) {
-        (None, None) => body.map_err(BoxError::from).boxed(),
+        (None, None) => body,
         (pace, limit) => pump(body, pace, limit),
     })
 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use crate::net::{free_port, random_hex, wait_for_port};
 
+mod uploads;
+
 /// Where `scripts/s3s.sh` installs tools unless `NIX_OUTBOX_TOOLS` says
 /// otherwise; keep the two in step.
 pub const DEFAULT_TOOLS_DIR: &str = "/var/cache/nix-outbox/tools";
@@ -110,6 +112,16 @@ impl S3Server {
             .into_iter()
             .filter(|n| n.starts_with(".upload"))
             .collect()
+    }
+
+    /// ListMultipartUploads, which s3s-fs lacks, made from its data
+    /// directory: for [`FaultProxy::fill_in`](crate::fault_proxy::FaultProxy::fill_in)
+    /// in front of this server (see `s3/uploads.rs`).
+    pub fn uploads_listing(
+        &self,
+    ) -> impl Fn(&str, &str, &str) -> Option<String> + Send + Sync + 'static {
+        let dir = self.data_dir();
+        move |method, path_and_query, body| uploads::answer(&dir, method, path_and_query, body)
     }
 
     pub fn log(&self) -> String {

@@ -18,6 +18,7 @@ mod compress;
 mod error;
 mod file_target;
 mod listing_tee;
+mod multipart_cleanup;
 mod multipart_writer;
 mod object_target;
 mod pipeline;

@@ -15,7 +15,10 @@
 //! A NAR that fits in one part is sent with a single `PUT` instead. Nothing
 //! is visible until [`finish`](NarWriter::finish) completes the upload;
 //! abandoning the writer (abort, drop, or any error) aborts the multipart
-//! upload so no orphaned parts are left to pay for.
+//! upload so no orphaned parts are left to pay for. Uploads we cannot
+//! abort ourselves (the answer to starting one lost with its id, an abort
+//! that failed) are looked for under the key and aborted afterwards, in
+//! the background (see [`crate::multipart_cleanup`]).
 //!
 //! The object's name has to be fixed when the upload starts, before the
 //! compressed bytes (and so their hash) exist. It is the NarHash the store
@@ -37,7 +40,8 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::compress::Compression;
-use crate::error::{NarDigest, UploadError};
+use crate::error::{NarDigest, RemoteErrorKind, UploadError};
+use crate::multipart_cleanup::Sweep;
 use crate::remote::{self, Remote};
 use crate::target::{BoxFuture, NarWriter};
 use crate::target_url::TargetConfig;
@@ -245,7 +249,21 @@ async fn upload(
         ..Default::default()
     };
     let start = remote.store.put_multipart_opts(&path, opts);
-    let mut upload = remote.deadline("start uploading", key, 0, start).await?;
+    let mut upload = match remote.deadline("start uploading", key, 0, start).await {
+        Ok(u) => u,
+        Err(e) => {
+            // Unless the server clearly refused, it may have created the
+            // upload and lost only its answer, with the id we would need to
+            // abort it.
+            if !is_refusal(&e) {
+                remote.sweep_uploads(
+                    key,
+                    Sweep::Suspect("starting the upload failed without a clear refusal"),
+                );
+            }
+            return Err(e);
+        }
+    };
     let mut parts = JoinSet::new();
     let mut send = |parts: &mut JoinSet<_>, data: Vec<u8>| {
         let len = data.len() as u64;
@@ -277,7 +295,12 @@ async fn upload(
     .await;
     match sent {
         Ok(true) => match remote.deadline("complete", key, 0, upload.complete()).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                // object_store retries a create whose answer was lost, so
+                // even now a twin of this upload may be waiting.
+                remote.sweep_uploads(key, Sweep::Finished);
+                return Ok(());
+            }
             Err(e) => report(failure, e),
         },
         Ok(false) => {}
@@ -287,12 +310,32 @@ async fn upload(
     // blocked in `blocking_send` fail at once, not after the abort.
     rx.close();
     parts.shutdown().await;
-    if let Err(e) = remote.deadline("abort", key, 0, upload.abort()).await {
-        // The upload's parts stay until a lifecycle rule removes them; the
-        // NAR itself never became visible.
-        tracing::warn!("{e}");
+    match remote.deadline("abort", key, 0, upload.abort()).await {
+        Ok(()) => remote.sweep_uploads(key, Sweep::Finished),
+        Err(e) => {
+            // The NAR itself never became visible; its parts stay until the
+            // sweep (or a lifecycle rule) removes them.
+            tracing::warn!("{e}");
+            remote.sweep_uploads(key, Sweep::Suspect("aborting the upload failed"));
+        }
     }
     Ok(())
+}
+
+/// An answer saying the server did not act on the request (bad
+/// credentials, no permission, no bucket, a refusal), as opposed to no
+/// answer or one that says nothing about what was done.
+fn is_refusal(e: &UploadError) -> bool {
+    matches!(
+        e,
+        UploadError::Remote {
+            kind: RemoteErrorKind::Credentials
+                | RemoteErrorKind::Denied
+                | RemoteErrorKind::NotFound
+                | RemoteErrorKind::Rejected,
+            ..
+        }
+    )
 }
 
 /// Records the upload's error for the writer (the first one wins).

@@ -29,6 +29,7 @@ use object_store::{BackoffConfig, ClientOptions, GetOptions, ObjectStore, RetryC
 
 use crate::aws_credentials;
 use crate::error::{RemoteErrorKind, UploadError};
+use crate::multipart_cleanup::{self, MultipartCleanup};
 use crate::multipart_writer::MultipartNarWriter;
 use crate::remote::{self, Remote};
 use crate::spool_writer::SpoolNarWriter;
@@ -73,6 +74,8 @@ impl ObjectStoreTarget {
         let connector = || ThrottledConnector {
             throttle: throttle.clone(),
         };
+        // Multipart S3 uploads only: finds those whose id was lost.
+        let mut cleanup = None;
         let (store, is_s3, credentials): (Arc<dyn ObjectStore>, bool, String) = match &cfg.location
         {
             TargetLocation::S3 {
@@ -85,10 +88,11 @@ impl ObjectStoreTarget {
                 let env = |name: &str| std::env::var(name).ok();
                 let (creds, source) =
                     aws_credentials::resolve(profile.as_deref(), &env).map_err(setup)?;
+                let options = options.with_allow_http(scheme == "http");
                 let mut b = AmazonS3Builder::new()
                     .with_bucket_name(bucket)
                     .with_region(region)
-                    .with_client_options(options.with_allow_http(scheme == "http"))
+                    .with_client_options(options.clone())
                     .with_retry(retry)
                     .with_http_connector(connector());
                 // Deliberately no `with_checksum_algorithm`: the extra
@@ -113,10 +117,24 @@ impl ObjectStoreTarget {
                     }
                     None => b = with_ambient_credentials(b),
                 }
-                let s3 = b
-                    .build()
+                let bucket_url = multipart_cleanup::bucket_url(&b, bucket, region);
+                let s3 = Arc::new(
+                    b.build()
+                        .map_err(|e| setup(format!("cannot set up the S3 client: {e}")))?,
+                );
+                if cfg.multipart_upload {
+                    let c = MultipartCleanup::new(
+                        s3.clone(),
+                        bucket_url,
+                        &options,
+                        throttle.clone(),
+                        region,
+                        &id,
+                    )
                     .map_err(|e| setup(format!("cannot set up the S3 client: {e}")))?;
-                (Arc::new(s3), true, source.to_string())
+                    cleanup = Some(Arc::new(c));
+                }
+                (s3, true, source.to_string())
             }
             TargetLocation::Http { url } => {
                 let http = HttpBuilder::new()
@@ -140,6 +158,7 @@ impl ObjectStoreTarget {
                 id: id.as_str().into(),
                 is_s3,
                 credentials: credentials.into(),
+                cleanup,
             },
             multipart: (is_s3 && cfg.multipart_upload).then(|| cfg.clone()),
             cache_info_ok: AtomicBool::new(false),

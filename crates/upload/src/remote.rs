@@ -10,6 +10,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
 
 use crate::error::{RemoteErrorKind, UploadError};
+use crate::multipart_cleanup::{MultipartCleanup, Sweep};
 
 pub(crate) const CACHE_INFO_TYPE: &str = "text/x-nix-cache-info";
 pub(crate) const NARINFO_TYPE: &str = "text/x-nix-narinfo";
@@ -25,6 +26,8 @@ pub(crate) struct Remote {
     /// Where the credentials came from (never the secret), for messages
     /// about rejected credentials.
     pub credentials: Arc<str>,
+    /// Finds multipart uploads whose id was lost (S3 only).
+    pub cleanup: Option<Arc<MultipartCleanup>>,
 }
 
 /// Only the id: the client's own `Debug` is long and holds credentials
@@ -54,6 +57,14 @@ impl Remote {
         let fut = self.store.put_opts(&path, payload, opts);
         self.deadline("write", key, len, fut).await?;
         Ok(())
+    }
+
+    /// Looks for uploads left in progress under `key` and aborts them, in
+    /// the background (see [`crate::multipart_cleanup`]).
+    pub(crate) fn sweep_uploads(&self, key: &str, why: Sweep) {
+        if let Some(c) = &self.cleanup {
+            c.sweep(key, why);
+        }
     }
 
     /// Runs one request (retries included) with a deadline that grows with
