@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Throughput of one mixed ~240 MB NAR through the upload pipeline, against
+# `nix copy` in the same run:
+#
+#   bench/pipeline.sh        # REPS=3 by default; prints a Markdown table
+#
+# The store path is a copy of /usr/lib/gcc and /usr/share/doc added with
+# `nix-store --add`. Each repetition uploads it to a fresh, empty file://
+# cache, first with nix-outbox, then with nix copy (same URL parameters, same
+# key), from a warm page cache; the table gives the median of REPS runs:
+#
+#   zstd: nix-outbox copy --to 'file://…?compression=zstd'
+#         nix copy        --to 'file://…?compression=zstd&secret-key=…'
+#   xz:   both with '?compression=xz&parallel-compression=true'
+#   S3:   nix-outbox copy --to 's3://bucket?endpoint=…&scheme=http&compression=zstd'
+#         to a private s3s-fs (extra information, no anchor)
+#
+# Goals (issue): zstd ≥ 2× faster than nix copy, NAR files no larger than
+# Nix's, peak RSS ≤ 64 MiB; xz no slower than nix copy, peak RSS ≤ 128 MiB.
+# Needs root, Nix, and about 1 GB in /tmp. Removes everything it created.
+source "$(dirname "$0")/lib.sh"
+
+REPS=${REPS:-3}
+
+bench_setup
+start_nix_daemon
+start_s3s
+make_key_and_config
+
+note "building the test tree (/usr/lib/gcc + /usr/share/doc)"
+TREE=$WORK/nix-outbox-bench-tree
+mkdir -p "$TREE"
+cp -a /usr/lib/gcc "$TREE/gcc"
+cp -a /usr/share/doc "$TREE/doc"
+P=$(nix-store --add "$TREE")
+BENCH_STORE_PATHS+=("$P")
+rm -rf "$TREE"
+NAR_SIZE=$(nix-store -q --size "$P")
+note "store path $P, NAR $NAR_SIZE bytes"
+
+# run_pair MODE PARAMS: REPS repetitions of nix-outbox then nix copy into
+# fresh caches; appends the medians to the table.
+ROWS=()
+run_pair() {
+  local mode=$1 params=$2 rep
+  local ow=() oc=() or=() os=() nw=() nc=() nr=() ns=()
+  for rep in $(seq "$REPS"); do
+    outbox_cmd "file://$WORK/cache-outbox?$params"
+    BEFORE_EACH='rm -rf "$WORK/cache-outbox"; warm "$P"'
+    measure "$WORK/outbox.log" "${CMD[@]}" "$P"
+    ow+=("$WALL") oc+=("$CPU") or+=("$RSS") os+=("$(nar_bytes "$WORK/cache-outbox")")
+    note "$mode rep $rep: nix-outbox $WALL s, $(mib "$RSS") MiB"
+    nix_cmd "file://$WORK/cache-nix?$params&secret-key=$SK"
+    BEFORE_EACH='rm -rf "$WORK/cache-nix"; warm "$P"'
+    measure "$WORK/nix.log" "${CMD[@]}" "$P"
+    nw+=("$WALL") nc+=("$CPU") nr+=("$RSS") ns+=("$(nar_bytes "$WORK/cache-nix")")
+    note "$mode rep $rep: nix copy   $WALL s, $(mib "$RSS") MiB"
+  done
+  # Both caches must be complete and signed, or the comparison means nothing.
+  for c in cache-outbox cache-nix; do
+    nix --extra-experimental-features nix-command store verify --store "file://$WORK/$c" \
+      --trusted-public-keys "$(cat "$PK")" --all >/dev/null 2>&1 ||
+      die "$mode: nix store verify failed for $c"
+  done
+  local o n
+  o=$(median "${ow[@]}")
+  n=$(median "${nw[@]}")
+  ROWS+=("| $mode | nix-outbox copy | $o | $(awk -v o="$o" -v n="$n" 'BEGIN { printf "%.2f×", n / o }') | $(median "${oc[@]}") | $(mib "$(median "${or[@]}")") | $(mb "$(median "${os[@]}")") | ${ow[*]} |")
+  ROWS+=("| $mode | nix copy | $n | 1× | $(median "${nc[@]}") | $(mib "$(median "${nr[@]}")") | $(mb "$(median "${ns[@]}")") | ${nw[*]} |")
+}
+
+run_s3() {
+  local rep w=() c=() r=() s=()
+  for rep in $(seq "$REPS"); do
+    outbox_cmd "s3://bench?endpoint=$S3_ENDPOINT&scheme=http&compression=zstd"
+    BEFORE_EACH='rm -rf "$S3_DATA/bench"; mkdir "$S3_DATA/bench"; warm "$P"'
+    measure "$WORK/s3.log" "${CMD[@]}" "$P"
+    w+=("$WALL") c+=("$CPU") r+=("$RSS") s+=("$(nar_bytes "$S3_DATA/bench")")
+    note "s3 rep $rep: nix-outbox $WALL s, $(mib "$RSS") MiB"
+  done
+  ROWS+=("| zstd, S3 (s3s-fs) | nix-outbox copy | $(median "${w[@]}") | | $(median "${c[@]}") | $(mib "$(median "${r[@]}")") | $(mb "$(median "${s[@]}")") | ${w[*]} |")
+}
+
+run_pair zstd "compression=zstd"
+# A minute per run: a disturbed one is repeated less often.
+MAX_TRIES=4 run_pair xz "compression=xz&parallel-compression=true"
+run_s3
+
+print_context
+echo "NAR: $(mb "$NAR_SIZE") MB ($P); median of $REPS runs, each into an empty cache, warm page cache."
+echo "CPU s is user + system time of the measured process: for nix-outbox it leaves out the nix-daemon"
+echo "that serialises the NAR for it; nix copy reads the store itself."
+echo
+echo "| compression | tool | wall s | speed-up | CPU s | peak RSS MiB | NAR files MB | all runs, wall s |"
+echo "|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
