@@ -12,11 +12,10 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix_outbox_testkit as tk;
-use support::{Outbox, build_via, graph_expr, has_narinfo};
+use support::{Outbox, build_via, delete_and_substitute, graph_expr, has_narinfo};
 
 /// The bucket every test's s3s-fs serves.
 const BUCKET: &str = "nix-cache";
@@ -27,43 +26,6 @@ fn s3_url(s3: &tk::s3::S3Server, extra: &str) -> String {
         "s3://{BUCKET}?endpoint={}&scheme=http&region=us-east-1{extra}",
         s3.endpoint()
     )
-}
-
-/// Deletes `paths` (and as much of their closure as nothing else holds)
-/// locally, then substitutes them back from `substituter` with a stock
-/// `nix-store -r`, checking each comes back with the same NAR hash.
-fn delete_and_substitute(substituter: &str, public_key: &str, paths: &[String]) {
-    let hashes: Vec<String> = paths.iter().map(|p| tk::query("--hash", p)).collect();
-    // Referrers first: nix-store --delete refuses paths still referenced.
-    let closure = tk::closure(paths);
-    let out = Command::new("nix-store")
-        .arg("--delete")
-        .args(closure.iter().rev())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("still alive"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    tk::run(Command::new("nix-store").arg("--delete").args(paths));
-    for p in paths {
-        assert!(!Path::new(p).exists(), "{p} still exists after delete");
-    }
-    tk::run(Command::new("nix-store").arg("-r").args(paths).args([
-        "--option",
-        "substituters",
-        substituter,
-        "--option",
-        "trusted-public-keys",
-        public_key,
-        "--option",
-        "narinfo-cache-negative-ttl",
-        "0",
-    ]));
-    for (p, h) in paths.iter().zip(&hashes) {
-        assert_eq!(&tk::query("--hash", p), h, "{p} came back different");
-    }
 }
 
 /// The `status --json` entry of the target whose id starts with `prefix`,

@@ -14,11 +14,10 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix_outbox_testkit as tk;
-use support::{Outbox, build_via, graph_expr, has_narinfo};
+use support::{Outbox, build_via, delete_and_substitute, graph_expr, has_narinfo};
 use tk::fault_proxy::{Counts, Fault, FaultProxy, Plan};
 
 const BUCKET: &str = "nix-cache";
@@ -266,43 +265,6 @@ fn lost_create_multipart_answer_leaves_no_upload_behind() {
     assert_cache_complete(&outbox, &s3.bucket_dir(), &closure, &proxy);
     assert_all_done(&outbox, closure.len());
     assert_no_pending_uploads(&s3, &outbox, &proxy);
-}
-
-/// Deletes `paths` (and what of their closure nothing else holds), then
-/// substitutes them back from `substituter` with a stock `nix-store -r`,
-/// each with the NAR hash it had.
-fn delete_and_substitute(substituter: &str, public_key: &str, paths: &[String]) {
-    let hashes: Vec<String> = paths.iter().map(|p| tk::query("--hash", p)).collect();
-    // Referrers first: nix-store --delete refuses paths still referenced.
-    let closure = tk::closure(paths);
-    let out = Command::new("nix-store")
-        .arg("--delete")
-        .args(closure.iter().rev())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("still alive"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    tk::run(Command::new("nix-store").arg("--delete").args(paths));
-    for p in paths {
-        assert!(!Path::new(p).exists(), "{p} still exists after delete");
-    }
-    tk::run(Command::new("nix-store").arg("-r").args(paths).args([
-        "--option",
-        "substituters",
-        substituter,
-        "--option",
-        "trusted-public-keys",
-        public_key,
-        "--option",
-        "narinfo-cache-negative-ttl",
-        "0",
-    ]));
-    for (p, h) in paths.iter().zip(&hashes) {
-        assert_eq!(&tk::query("--hash", p), h, "{p} came back different");
-    }
 }
 
 #[test]

@@ -87,25 +87,6 @@ fn built(tag: &str) -> String {
     .remove(0)
 }
 
-/// Polls `status` until it mentions `needle`; panics with the log after a
-/// generous deadline.
-fn status_until(outbox: &Outbox, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let out = outbox.cli(&["status"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {needle:?}:\n{text}\n{}",
-            outbox.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 #[test]
 fn full_disks_fail_no_build_and_lose_no_acknowledged_path() {
     let mut outbox = Outbox::new("zstd");

@@ -8,7 +8,6 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use nix_outbox_testkit as tk;
 use support::*;
@@ -38,23 +37,6 @@ fn as_nobody(cmd: &Command) -> Command {
 fn requests_in_queue(outbox: &Outbox) -> i64 {
     let q = nix_outbox_queue::Queue::open(&outbox.dir.path().join("state/queue.sqlite")).unwrap();
     q.max_request_id().unwrap()
-}
-
-fn status_until(outbox: &Outbox, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let out = outbox.cli(&["status"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {needle:?}:\n{text}\n{}",
-            outbox.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix_outbox_testkit as tk;
 
@@ -329,4 +329,60 @@ pub fn build_via(daemon: &tk::PrivateDaemon, expr: &str) -> Vec<String> {
         "{stderr}"
     );
     tk::stdout_string(&out).lines().map(str::to_owned).collect()
+}
+
+/// Deletes `paths` (and as much of their closure as nothing else holds)
+/// locally, then substitutes them back from `substituter` with a stock
+/// `nix-store -r`, checking each comes back with the same NAR hash.
+pub fn delete_and_substitute(substituter: &str, public_key: &str, paths: &[String]) {
+    let hashes: Vec<String> = paths.iter().map(|p| tk::query("--hash", p)).collect();
+    // Referrers first: nix-store --delete refuses paths still referenced.
+    let closure = tk::closure(paths);
+    let out = Command::new("nix-store")
+        .arg("--delete")
+        .args(closure.iter().rev())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("still alive"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tk::run(Command::new("nix-store").arg("--delete").args(paths));
+    for p in paths {
+        assert!(!Path::new(p).exists(), "{p} still exists after delete");
+    }
+    tk::run(Command::new("nix-store").arg("-r").args(paths).args([
+        "--option",
+        "substituters",
+        substituter,
+        "--option",
+        "trusted-public-keys",
+        public_key,
+        "--option",
+        "narinfo-cache-negative-ttl",
+        "0",
+    ]));
+    for (p, h) in paths.iter().zip(&hashes) {
+        assert_eq!(&tk::query("--hash", p), h, "{p} came back different");
+    }
+}
+
+/// Polls `status` until it mentions `needle`; panics with the log after a
+/// generous deadline.
+pub fn status_until(outbox: &Outbox, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = outbox.cli(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {needle:?}:\n{text}\n{}",
+            outbox.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
