@@ -20,6 +20,7 @@ use nix_outbox_core::atomic_write::{self, AtomicWriteError};
 
 use crate::error::UploadError;
 use crate::target::{BoxFuture, NarWriter, Target, check_hash_part, check_nar_name};
+use crate::writeback::WritebackFile;
 
 /// Cache files are served to others: world-readable, like Nix makes them.
 const FILE_MODE: u32 = 0o644;
@@ -269,7 +270,7 @@ struct FileNarWriter {
     id: String,
     dir: PathBuf,
     tmp: PathBuf,
-    file: Option<BufWriter<File>>,
+    file: Option<BufWriter<WritebackFile>>,
     /// Set once the temporary file has been renamed (or removed).
     done: bool,
 }
@@ -298,7 +299,10 @@ impl FileNarWriter {
                         id,
                         dir,
                         tmp,
-                        file: Some(BufWriter::with_capacity(WRITE_BUFFER, f)),
+                        file: Some(BufWriter::with_capacity(
+                            WRITE_BUFFER,
+                            WritebackFile::new(f),
+                        )),
                         done: false,
                     });
                 }
@@ -315,7 +319,7 @@ impl FileNarWriter {
         }
     }
 
-    fn file(&mut self) -> io::Result<&mut BufWriter<File>> {
+    fn file(&mut self) -> io::Result<&mut BufWriter<WritebackFile>> {
         self.file
             .as_mut()
             .ok_or_else(|| io::Error::other("NAR writer already finished"))
@@ -326,7 +330,8 @@ impl FileNarWriter {
         let file = self.file.take().expect("finish is called once");
         let file = file
             .into_inner()
-            .map_err(|e| io_err(&self.id, "write", &self.tmp, e.into_error()))?;
+            .map_err(|e| io_err(&self.id, "write", &self.tmp, e.into_error()))?
+            .into_inner();
         file.sync_all()
             .map_err(|e| io_err(&self.id, "sync", &self.tmp, e))?;
         drop(file);

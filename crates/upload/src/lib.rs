@@ -30,6 +30,7 @@ mod target_location;
 mod target_url;
 mod target_url_error;
 mod throttle;
+mod writeback;
 
 pub use closure_upload::{ClosureReport, upload_closure};
 pub use compress::Compression;

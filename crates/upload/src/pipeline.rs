@@ -64,7 +64,7 @@ pub async fn upload_path(
     };
     let mut writer = target.begin_nar().await?;
     writer.prepare(&expected, cfg.compression)?;
-    let sink = NarSink::new(writer, target.id(), cfg).map_err(write_error)?;
+    let sink = NarSink::new(writer, target.id(), cfg, info.nar_size).map_err(write_error)?;
     let res = {
         let mut conn = pool.get().await?;
         conn.nar_from_path(sd, &info.path, sink).await

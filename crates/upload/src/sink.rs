@@ -37,10 +37,13 @@ pub(crate) struct Streamed {
 }
 
 impl NarSink {
+    /// `nar_size` is the store's record of the NAR's size (0: unknown); it
+    /// only chooses how many compressor threads are worth starting.
     pub(crate) fn new(
         writer: Box<dyn NarWriter>,
         target_id: &str,
         cfg: &TargetConfig,
+        nar_size: u64,
     ) -> io::Result<Self> {
         let counter = FileCounter {
             hash: HashingCounter::new(),
@@ -50,8 +53,8 @@ impl NarSink {
         let out = Compressor::new(
             counter,
             cfg.compression,
-            cfg.level(),
-            cfg.compression_threads(),
+            cfg.compression_level,
+            threads_for(cfg.compression_threads(), nar_size),
         )?;
         let listing = if cfg.write_nar_listing {
             Some(ListingTee::start()?)
@@ -107,6 +110,21 @@ impl Write for NarSink {
     }
 }
 
+/// Below this NAR size one compressor thread does the job: a parallel
+/// encoder splits its input into blocks of several MiB, so a smaller NAR is
+/// one block anyway, and starting and stopping the encoder's threads costs
+/// more than it saves (for closures of many tiny paths, about a sixth of
+/// the upload time was thread creation).
+const PARALLEL_FROM: u64 = 1024 * 1024;
+
+fn threads_for(configured: u32, nar_size: u64) -> u32 {
+    if nar_size != 0 && nar_size < PARALLEL_FROM {
+        1
+    } else {
+        configured
+    }
+}
+
 /// Hashes the compressed bytes on their way into the target's writer.
 struct FileCounter {
     hash: HashingCounter,
@@ -144,5 +162,20 @@ impl Write for FileCounter {
 
     fn flush(&mut self) -> io::Result<()> {
         self.writer.flush().map_err(|e| self.target_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_nars_get_one_compressor_thread() {
+        assert_eq!(threads_for(4, 1), 1);
+        assert_eq!(threads_for(4, PARALLEL_FROM - 1), 1);
+        assert_eq!(threads_for(4, PARALLEL_FROM), 4);
+        // Unknown size (a Nix too old to record it): as configured.
+        assert_eq!(threads_for(4, 0), 4);
+        assert_eq!(threads_for(1, 10 * PARALLEL_FROM), 1);
     }
 }
