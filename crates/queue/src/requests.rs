@@ -145,6 +145,48 @@ impl Queue {
         Ok(id)
     }
 
+    /// Records several accepted requests in one transaction, so one disk
+    /// sync covers them all (group commit: the daemon batches the hook
+    /// requests that arrive while the previous commit is running). Each
+    /// request is checked on its own: an invalid one gets its error and
+    /// the others are still recorded. The ids are returned only after the
+    /// commit, as with [`add_request`](Self::add_request).
+    pub fn add_requests(
+        &mut self,
+        source: Source,
+        requests: &[(Option<String>, Vec<String>)],
+        now: i64,
+    ) -> Result<Vec<Result<i64, QueueError>>, QueueError> {
+        const OP: &str = "adding requests";
+        let mut results: Vec<Result<i64, QueueError>> = requests
+            .iter()
+            .map(|(drv, outs)| validate_request(drv.as_deref(), outs).map(|()| 0))
+            .collect();
+        if results.iter().all(Result::is_err) {
+            return Ok(results);
+        }
+        let tx = self.write(OP)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO requests
+                         (received_at, source, drv_path, out_paths, state, attempts, next_attempt_at)
+                     VALUES (?1, ?2, ?3, ?4, 'new', 0, ?1)
+                     RETURNING id",
+                )
+                .context(OP)?;
+            for ((drv, outs), res) in requests.iter().zip(&mut results) {
+                if let Ok(id) = res {
+                    *id = stmt
+                        .query_row(params![now, source, drv, outs.join(" ")], |row| row.get(0))
+                        .context(OP)?;
+                }
+            }
+        }
+        tx.commit().context(OP)?;
+        Ok(results)
+    }
+
     /// Takes the oldest (lowest id) request in state `new` whose
     /// `next_attempt_at` has come, counting the attempt.
     ///

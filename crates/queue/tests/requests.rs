@@ -300,3 +300,58 @@ fn expand_with_nothing_to_upload_still_completes_the_request() {
     );
     assert!(q.outstanding(id, 10).unwrap().is_empty());
 }
+
+#[test]
+fn a_batch_of_requests_is_recorded_in_one_go_and_bad_ones_are_refused_alone() {
+    let (_dir, path, mut q) = queue();
+    let batch = vec![
+        (
+            Some("/nix/store/cccc-a.drv".to_owned()),
+            strings(&["/nix/store/aaaa-a"]),
+        ),
+        // Invalid: names nothing.
+        (None, Vec::new()),
+        (
+            None,
+            strings(&["/nix/store/bbbb-b", "/nix/store/dddd-b-doc"]),
+        ),
+        // Invalid: whitespace in a path.
+        (None, strings(&["/nix/store/a b"])),
+    ];
+    let results = q.add_requests(Source::Hook, &batch, 7).unwrap();
+    assert_eq!(results.len(), 4);
+    let a = *results[0].as_ref().unwrap();
+    let b = *results[2].as_ref().unwrap();
+    assert!(b > a);
+    assert!(matches!(results[1], Err(QueueError::InvalidRequest(_))));
+    assert!(
+        results[3]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("whitespace"),
+        "{:?}",
+        results[3]
+    );
+    // Committed: a new handle on the same file sees both, unchanged.
+    drop(q);
+    let q = Queue::open(&path).unwrap();
+    let ra = q.request(a).unwrap().unwrap();
+    assert_eq!(ra.drv_path.as_deref(), Some("/nix/store/cccc-a.drv"));
+    assert_eq!(ra.out_paths, batch[0].1);
+    assert_eq!(ra.received_at, 7);
+    let rb = q.request(b).unwrap().unwrap();
+    assert_eq!(rb.out_paths, batch[2].1);
+    assert_eq!(rb.source, Source::Hook);
+    assert_eq!(q.max_request_id().unwrap(), b, "nothing else was stored");
+}
+
+#[test]
+fn a_batch_of_only_bad_requests_stores_nothing() {
+    let (_dir, _path, mut q) = queue();
+    let results = q
+        .add_requests(Source::Hook, &[(None, Vec::new())], 1)
+        .unwrap();
+    assert!(matches!(results[..], [Err(QueueError::InvalidRequest(_))]));
+    assert_eq!(q.max_request_id().unwrap(), 0);
+}
