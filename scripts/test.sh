@@ -32,6 +32,17 @@ ensure_nix() {
   nix-store --version
 }
 
+# The systemd tests (crates/cli/tests/systemd.rs) run `systemd-analyze
+# verify` on the installed units and `systemd-socket-activate`; neither
+# needs systemd running as PID 1.
+ensure_systemd_tools() {
+  if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v systemd-socket-activate >/dev/null 2>&1; then
+    log "installing systemd (systemd-analyze, systemd-socket-activate)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+  fi
+}
+
 ensure_cargo_fuzz() {
   if ! command -v cargo-fuzz >/dev/null 2>&1; then
     log "installing cargo-fuzz"
@@ -40,11 +51,16 @@ ensure_cargo_fuzz() {
 }
 
 ensure_nix
+ensure_systemd_tools
 # The S3 and HTTP target tests run against a real s3s-fs and a real nginx;
 # the tests find them where these scripts put them.
 log "installing the test servers (s3s-fs, nginx)"
 scripts/s3s.sh >/dev/null
 scripts/nginx-webdav.sh install >/dev/null
+# The metrics test parses /metrics with the official Prometheus client's parsers.
+if ! /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null; then
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-prometheus-client >/dev/null
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

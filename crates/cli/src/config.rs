@@ -30,6 +30,16 @@ struct FileConfig {
     store_dir: Option<String>,
     hook_timeout_ms: Option<u64>,
     workers: Option<usize>,
+    include: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    upstream_keys: Option<Vec<String>>,
+    upstream_caches: Option<Vec<String>>,
+    upload_build_logs: Option<bool>,
+    build_log_dir: Option<PathBuf>,
+    sign_local_store: Option<bool>,
+    stop_timeout_secs: Option<u64>,
+    metrics_address: Option<String>,
+    metrics_allow_remote: Option<bool>,
 }
 
 /// The effective configuration, every value resolved.
@@ -49,6 +59,41 @@ pub struct Config {
     pub store_dir: StoreDir,
     pub hook_timeout_ms: u64,
     pub workers: usize,
+    /// `include`, `exclude`, `upstream-keys` (see `service::filters`).
+    pub filters: crate::service::Filters,
+    /// `upstream-caches`: asked read-only, never uploaded to.
+    pub upstream_caches: Vec<TargetConfig>,
+    /// Build logs and local signatures (issue 7).
+    pub extras: CacheExtras,
+    /// How long a stopping daemon lets in-flight uploads finish.
+    pub stop_timeout: std::time::Duration,
+    /// Where `GET /metrics` is served; `None`: not served (the default).
+    pub metrics_address: Option<std::net::SocketAddr>,
+}
+
+/// What the daemon publishes besides NARs and narinfos, and what it
+/// records locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheExtras {
+    /// Upload `log/<drv>` for requests that name their derivation (hook
+    /// requests). Default true.
+    pub upload_build_logs: bool,
+    /// Nix's log directory (`<dir>/drvs/…`). Default `$NIX_LOG_DIR`, else
+    /// `/nix/var/log/nix`, as Nix itself.
+    pub build_log_dir: PathBuf,
+    /// Add our signatures to the local store's records of build outputs
+    /// (what the manual's hook does with `nix store sign`). Default false.
+    pub sign_local_store: bool,
+}
+
+impl Default for CacheExtras {
+    fn default() -> Self {
+        Self {
+            upload_build_logs: true,
+            build_log_dir: nix_outbox_upload::default_log_dir(),
+            sign_local_store: false,
+        }
+    }
 }
 
 impl Config {
@@ -75,7 +120,7 @@ impl Config {
     pub fn from_toml(text: &str, source: &str) -> anyhow::Result<Self> {
         let file: FileConfig = toml::from_str(text).map_err(|e| {
             anyhow::anyhow!(
-                "invalid configuration in {source}: {}\nKnown keys: state-dir, socket, socket-group, secret-key-files, targets, store-dir, hook-timeout-ms, workers.",
+                "invalid configuration in {source}: {}\nKnown keys: state-dir, socket, socket-group, secret-key-files, targets, store-dir, hook-timeout-ms, workers, include, exclude, upstream-keys, upstream-caches, stop-timeout-secs, metrics-address, metrics-allow-remote, upload-build-logs, build-log-dir, sign-local-store.",
                 e.to_string().trim_end()
             )
         })?;
@@ -119,7 +164,42 @@ impl Config {
         if workers == 0 || workers > 256 {
             bail!("workers = {workers} in {source}: choose 1 to 256");
         }
+        let stop_timeout_secs = file
+            .stop_timeout_secs
+            .unwrap_or(crate::service::DEFAULT_STOP_TIMEOUT.as_secs());
+        if stop_timeout_secs > 3600 {
+            bail!(
+                "stop-timeout-secs = {stop_timeout_secs} in {source}: choose 0 to 3600 (and keep the systemd unit's TimeoutStopSec above it)"
+            );
+        }
+        let metrics_address = crate::service::metrics::parse_address(
+            file.metrics_address.as_deref(),
+            file.metrics_allow_remote.unwrap_or(false),
+        )
+        .map_err(|e| anyhow::anyhow!("{e} (in {source})"))?;
+        let build_log_dir = file
+            .build_log_dir
+            .unwrap_or_else(nix_outbox_upload::default_log_dir);
+        if !build_log_dir.is_absolute() {
+            bail!("build-log-dir {build_log_dir:?} in {source} must be an absolute path");
+        }
+        let extras = CacheExtras {
+            upload_build_logs: file.upload_build_logs.unwrap_or(true),
+            build_log_dir,
+            sign_local_store: file.sign_local_store.unwrap_or(false),
+        };
+        let (filters, upstream_caches) = crate::service::filters::FilterKeys {
+            include: file.include,
+            exclude: file.exclude,
+            upstream_keys: file.upstream_keys,
+            upstream_caches: file.upstream_caches,
+        }
+        .resolve(&targets)
+        .map_err(|e| anyhow::anyhow!("{e} (in {source})"))?;
         Ok(Self {
+            filters,
+            upstream_caches,
+            extras,
             source: source.to_owned(),
             state_dir,
             socket,
@@ -130,6 +210,8 @@ impl Config {
             store_dir,
             hook_timeout_ms,
             workers,
+            stop_timeout: std::time::Duration::from_secs(stop_timeout_secs),
+            metrics_address,
         })
     }
 
@@ -151,6 +233,11 @@ impl Config {
 
     pub fn queue_path(&self) -> PathBuf {
         self.state_dir.join("queue.sqlite")
+    }
+
+    /// The daemon's in-flight progress, for `status` (see `service::metrics::progress`).
+    pub fn progress_path(&self) -> PathBuf {
+        self.state_dir.join("progress.json")
     }
 
     pub fn spool_dir(&self) -> PathBuf {
@@ -186,6 +273,9 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from("/run/o.sock"));
         assert!(!c.default_target);
         assert_eq!(c.workers, 2);
+        assert_eq!(c.stop_timeout, crate::service::DEFAULT_STOP_TIMEOUT);
+        let c = Config::from_toml("stop-timeout-secs = 0\n", "test").unwrap();
+        assert_eq!(c.stop_timeout, std::time::Duration::ZERO);
     }
 
     #[test]
@@ -214,5 +304,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("workers"), "{e}");
+        let e = Config::from_toml("stop-timeout-secs = 3601\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("stop-timeout-secs") && e.contains("TimeoutStopSec"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cache_extras_default_and_override() {
+        let c = Config::from_toml("", "test").unwrap();
+        assert!(c.extras.upload_build_logs && !c.extras.sign_local_store);
+        assert!(c.extras.build_log_dir.is_absolute());
+        let c = Config::from_toml(
+            "upload-build-logs = false\nsign-local-store = true\nbuild-log-dir = \"/srv/logs\"\n",
+            "test",
+        )
+        .unwrap();
+        assert!(!c.extras.upload_build_logs && c.extras.sign_local_store);
+        assert_eq!(c.extras.build_log_dir, PathBuf::from("/srv/logs"));
+        let e = Config::from_toml("build-log-dir = \"logs\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("build-log-dir") && e.contains("absolute"), "{e}");
     }
 }

@@ -35,6 +35,10 @@ enum Command {
     Keygen(cmd::keygen::Args),
     /// Validate and explain the effective configuration.
     CheckConfig(cmd::check_config::Args),
+    /// Check a binary cache like a paranoid client: signatures, NAR hashes and sizes, references.
+    Verify(cmd::verify::Args),
+    /// Install the systemd units (nix-outbox.socket, nix-outbox.service) for this binary.
+    InstallSystemd(cmd::install_systemd::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +61,8 @@ fn main() -> std::process::ExitCode {
         Command::Retry(a) => cmd::retry::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::CheckConfig(a) => cmd::check_config::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::InstallSystemd(a) => cmd::install_systemd::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -67,6 +67,15 @@ pub enum QueueError {
         reason: String,
     },
 
+    #[error(
+        "cannot record {path:?} as skipped for target {target:?}: {reason}; nothing from this batch was recorded"
+    )]
+    InvalidSkip {
+        path: String,
+        target: String,
+        reason: String,
+    },
+
     #[error("there is no request {0} in the queue")]
     NoSuchRequest(i64),
 

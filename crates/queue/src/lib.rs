@@ -3,8 +3,9 @@
 //! Two tables: `requests` (one row per accepted hook, spool or push request,
 //! as received) and `jobs` (one row per store path and target, the unit of
 //! upload); plus `present`, a cache of which paths each target was recently
-//! seen to hold. The daemon expands each request into jobs once the store has
-//! told it which paths the request stands for, then claims and finishes jobs.
+//! seen to hold, and `skipped`, the paths left out of uploads on purpose.
+//! The daemon expands each request into jobs once the store has told it
+//! which paths the request stands for, then claims and finishes jobs.
 //!
 //! The API is synchronous: the daemon calls it from a dedicated thread or
 //! `spawn_blocking`, and the CLI's `status` and `wait` open the same file
@@ -79,6 +80,7 @@ mod jobs;
 mod present;
 mod requests;
 mod schema;
+mod skipped;
 mod status;
 
 pub use error::QueueError;
@@ -86,6 +88,7 @@ pub use jobs::{Job, JobState};
 pub use present::PRESENT_CHUNK;
 pub use requests::{MAX_PATH_BYTES, MAX_PATHS, Request, RequestState, Source};
 pub use schema::SCHEMA_VERSION;
+pub use skipped::{SkipCount, SkippedPath};
 pub use status::{Outstanding, Status, TargetStatus};
 
 use error::Context;

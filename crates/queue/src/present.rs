@@ -49,7 +49,13 @@ impl Queue {
                      DO UPDATE SET checked_at = MAX(checked_at, excluded.checked_at)",
                 )
                 .context(OP)?;
+            // A path the target holds is no longer one it skipped
+            // (src/skipped.rs).
+            let mut unskip = tx
+                .prepare_cached("DELETE FROM skipped WHERE target = ?1 AND hash_part = ?2")
+                .context(OP)?;
             for path in paths {
+                unskip.execute(params![target, path]).context(OP)?;
                 // Returning early drops `tx`: the batch is all or nothing.
                 upsert
                     .execute(params![target, path, now])

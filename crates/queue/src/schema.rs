@@ -7,7 +7,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::{BUSY_TIMEOUT, Queue, QueueError};
 
 /// The schema version this code writes and understands (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of a queue database ("NXOB"), so that a stray
 /// SQLite file from another program is recognised instead of being altered.
@@ -77,6 +77,27 @@ const MIGRATIONS: &[&str] = &[
             CONSTRAINT present_path_is_a_name CHECK (path <> '' AND instr(path, '/') = 0),
         checked_at INTEGER NOT NULL,
         PRIMARY KEY (target, path)
+    ) STRICT, WITHOUT ROWID;
+    "#,
+    // 2 -> 3: paths of uploaded closures that the daemon left out on
+    // purpose (src/skipped.rs): served by an upstream cache, or filtered
+    // out. For `status` only; `reason` and `detail` come from the code and
+    // the configuration, so grouping by them gives bounded labels.
+    r#"
+    CREATE TABLE skipped (
+        target     TEXT    NOT NULL
+            CONSTRAINT skipped_target_is_not_empty CHECK (target <> ''),
+        -- The hash part, as in `present`, which clears an entry once the
+        -- target holds the path after all.
+        hash_part  TEXT    NOT NULL
+            CONSTRAINT skipped_hash_is_a_name CHECK (hash_part <> '' AND instr(hash_part, '/') = 0),
+        path       TEXT    NOT NULL
+            CONSTRAINT skipped_path_is_a_basename CHECK (path <> '' AND instr(path, '/') = 0),
+        reason     TEXT    NOT NULL
+            CHECK (reason IN ('upstream-key', 'upstream-cache', 'excluded', 'not-included')),
+        detail     TEXT    NOT NULL,
+        skipped_at INTEGER NOT NULL,
+        PRIMARY KEY (target, hash_part)
     ) STRICT, WITHOUT ROWID;
     "#,
 ];
@@ -289,7 +310,7 @@ mod tests {
         assert_eq!(q.present_entries("file:///c", 60, 10).unwrap().len(), 1);
         drop(q);
 
-        // Reopening finds version 2 and migrates nothing twice.
+        // Reopening finds the current version and migrates nothing twice.
         let q = Queue::open(&path).unwrap();
         assert_eq!(q.jobs().unwrap().len(), 2);
         assert_eq!(q.present_entries("file:///c", 60, 10).unwrap().len(), 1);

@@ -155,6 +155,63 @@ impl Queue {
         })
     }
 
+    /// Job counts per target for the states a queue-depth gauge shows:
+    /// `pending` (never tried), `failing` (pending after a failure),
+    /// `in_flight` and `skipped`. Only those states' rows are read
+    /// (through the state index), never the history of `done` jobs, so a
+    /// metrics scrape costs the same however long the daemon has run.
+    pub fn depth(&self) -> Result<Vec<(String, &'static str, u64)>, QueueError> {
+        const OP: &str = "reading the queue depth";
+        let tx = self.read(OP)?;
+        tx.prepare_cached(
+            "SELECT target, state, last_error IS NOT NULL, count(*) FROM jobs
+             WHERE state IN ('pending', 'in_flight', 'skipped')
+             GROUP BY target, state, last_error IS NOT NULL ORDER BY target",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| {
+                let state: String = row.get(1)?;
+                let failed: bool = row.get(2)?;
+                let state = match (state.as_str(), failed) {
+                    ("pending", false) => "pending",
+                    ("pending", true) => "failing",
+                    ("in_flight", _) => "in_flight",
+                    _ => "skipped",
+                };
+                Ok((row.get(0)?, state, row.get(3)?))
+            })?
+            .collect::<Result<Vec<(String, &'static str, u64)>, _>>()
+        })
+        .map(|rows| {
+            // in_flight and skipped rows come split by last_error: merge.
+            let mut out: Vec<(String, &'static str, u64)> = Vec::new();
+            for (t, s, n) in rows {
+                match out.iter_mut().find(|(ot, os, _)| *ot == t && *os == s) {
+                    Some(e) => e.2 += n,
+                    None => out.push((t, s, n)),
+                }
+            }
+            out
+        })
+        .context(OP)
+    }
+
+    /// Jobs per target that finished (`done`) at or after `since` (unix
+    /// seconds), for `nix-outbox status`'s "done in the last hour".
+    pub fn done_since(&self, since: i64) -> Result<Vec<(String, u64)>, QueueError> {
+        const OP: &str = "counting recently uploaded jobs";
+        let tx = self.read(OP)?;
+        tx.prepare_cached(
+            "SELECT target, count(*) FROM jobs
+             WHERE state = 'done' AND updated_at >= ?1 GROUP BY target ORDER BY target",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([since], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+        })
+        .context(OP)
+    }
+
     /// What requests with id `<= upto_request_id` still wait for: those not
     /// yet expanded, and their jobs neither `done` nor `skipped`. Counts are
     /// complete; the lists hold at most `limit` entries each, so a `wait`

@@ -14,6 +14,8 @@ mod ops;
 mod outputs;
 mod pool;
 pub mod protocol;
+mod realisation;
+mod signatures;
 pub mod wire;
 
 pub use address::{DEFAULT_SOCKET, StoreAddress};
@@ -23,3 +25,5 @@ pub use ops::{PathInfo, RawPathInfo, read_path_info};
 pub use outputs::{BuildOutputs, build_outputs, outputs_from_drv_file, outputs_of};
 pub use pool::{PooledConnection, StorePool};
 pub use protocol::Connection;
+pub use realisation::{OP_QUERY_REALISATION, is_valid_drv_output_id};
+pub use signatures::sign_local_paths;

@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 
 use nix_outbox_core::StorePath;
 use nix_outbox_core::keys::SecretKey;
-use nix_outbox_store::{StorePool, closure};
+use nix_outbox_store::{PathInfo, StorePool, closure};
 
 use crate::error::UploadError;
 use crate::pipeline::{PathOutcome, upload_path};
-use crate::target::Target;
+use crate::target::{BoxFuture, Target};
 use crate::target_url::TargetConfig;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,6 +28,75 @@ pub struct ClosureReport {
     /// Uncompressed and compressed bytes uploaded.
     pub nar_bytes: u64,
     pub file_bytes: u64,
+    /// Paths the target lacks that the [`PathSelector`] left out, with why.
+    /// Their referrers are still uploaded: clients get these paths from
+    /// the upstream cache that serves them.
+    pub skipped: Vec<(StorePath, Skip)>,
+}
+
+/// Why a path is left out of an upload although the target lacks it.
+/// The spellings are stable labels (the queue stores them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    /// The store holds a valid signature by one of the upstream keys.
+    UpstreamKey,
+    /// An upstream cache has its narinfo.
+    UpstreamCache,
+    /// Its name matches an exclude pattern.
+    Excluded,
+    /// Include patterns are set and its name matches none of them.
+    NotIncluded,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpstreamKey => "upstream-key",
+            Self::UpstreamCache => "upstream-cache",
+            Self::Excluded => "excluded",
+            Self::NotIncluded => "not-included",
+        }
+    }
+}
+
+/// A skip decision: the reason and its detail, which comes from the
+/// configuration (a key name, an upstream URL, a pattern), so the pair is
+/// a bounded label.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Skip {
+    pub reason: SkipReason,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.detail;
+        match self.reason {
+            SkipReason::UpstreamKey => write!(f, "signed by upstream key {d}"),
+            SkipReason::UpstreamCache => write!(f, "served by upstream cache {d}"),
+            SkipReason::Excluded => write!(f, "excluded by pattern {d:?}"),
+            SkipReason::NotIncluded => write!(f, "matches no include pattern"),
+        }
+    }
+}
+
+/// Decides which paths of a closure not to upload (filters, upstream
+/// caches). Asked once per closure, only about paths the target lacks,
+/// so a closure already uploaded costs no questions. It cannot fail: a
+/// selector that cannot tell (an upstream cache unreachable) must answer
+/// "upload", since uploading too much is harmless and too little is not.
+pub trait PathSelector: Send + Sync {
+    /// One answer per path, in the order given; `None`: upload it.
+    fn skips<'a>(&'a self, paths: &'a [&'a PathInfo]) -> BoxFuture<'a, Vec<Option<Skip>>>;
+}
+
+/// Uploads every path: no filters.
+pub struct UploadAll;
+
+impl PathSelector for UploadAll {
+    fn skips<'a>(&'a self, paths: &'a [&'a PathInfo]) -> BoxFuture<'a, Vec<Option<Skip>>> {
+        Box::pin(async move { vec![None; paths.len()] })
+    }
 }
 
 /// Uploads the closure of `root` to `target`, skipping what the cache
@@ -40,6 +109,19 @@ pub async fn upload_closure(
     cfg: &TargetConfig,
     keys: &[SecretKey],
     root: &StorePath,
+) -> Result<ClosureReport, UploadError> {
+    upload_closure_selected(pool, target, cfg, keys, root, &UploadAll).await
+}
+
+/// [`upload_closure`], leaving out what `selector` skips (the root too, if
+/// it says so). A skipped path does not block its referrers.
+pub async fn upload_closure_selected(
+    pool: &StorePool,
+    target: &dyn Target,
+    cfg: &TargetConfig,
+    keys: &[SecretKey],
+    root: &StorePath,
+    selector: &dyn PathSelector,
 ) -> Result<ClosureReport, UploadError> {
     target.ensure_cache_info(pool.store_dir()).await?;
     let closure = closure(pool, std::slice::from_ref(root)).await?;
@@ -58,6 +140,19 @@ pub async fn upload_closure(
         .map(|info| info.path.hash_part().to_owned())
         .collect();
     let present = target.has_narinfos(&hash_parts).await?;
+    let lacking: Vec<&PathInfo> = closure
+        .paths
+        .iter()
+        .zip(&present)
+        .filter(|(_, present)| !**present)
+        .map(|(info, _)| info)
+        .collect();
+    let mut skips = lacking
+        .iter()
+        .map(|info| info.path.clone())
+        .zip(selector.skips(&lacking).await)
+        .filter_map(|(path, skip)| Some((path, skip?)))
+        .collect::<std::collections::BTreeMap<_, _>>();
     // `closure` orders references before referrers, which is the order
     // narinfos must appear in.
     for (info, present) in closure.paths.iter().zip(present) {
@@ -72,6 +167,10 @@ pub async fn upload_closure(
         }
         if present {
             report.already_present += 1;
+            continue;
+        }
+        if let Some(skip) = skips.remove(&info.path) {
+            report.skipped.push((info.path.clone(), skip));
             continue;
         }
         let claim = target.claim_upload(info.path.hash_part()).await;

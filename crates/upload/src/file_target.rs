@@ -19,7 +19,9 @@ use nix_outbox_core::StoreDir;
 use nix_outbox_core::atomic_write::{self, AtomicWriteError};
 
 use crate::error::UploadError;
-use crate::target::{BoxFuture, NarWriter, Target, check_hash_part, check_nar_name};
+use crate::target::{
+    BoxFuture, NarWriter, Target, check_drv_name, check_hash_part, check_nar_name,
+};
 use crate::writeback::WritebackFile;
 
 /// Cache files are served to others: world-readable, like Nix makes them.
@@ -144,6 +146,36 @@ impl Target for FileTarget {
         })
     }
 
+    fn has_build_log<'a>(&'a self, drv: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        Box::pin(async move {
+            check_drv_name(drv)?;
+            let path = self.root.join("log").join(drv);
+            let id = self.id.clone();
+            blocking(move || match fs::symlink_metadata(&path) {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(io_err(&id, "look up", &path, e)),
+            })
+            .await
+        })
+    }
+
+    fn put_build_log<'a>(
+        &'a self,
+        drv: &'a str,
+        log: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        Box::pin(async move {
+            check_drv_name(drv)?;
+            // `log/` is created on demand: a cache without logs has none,
+            // like one written by `nix copy`.
+            let (dir, id) = (self.root.join("log"), self.id.clone());
+            blocking(move || fs::create_dir_all(&dir).map_err(|e| io_err(&id, "create", &dir, e)))
+                .await?;
+            self.put(format!("log/{drv}"), log).await
+        })
+    }
+
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>> {
         Box::pin(async move {
             let (dir, id) = (self.root.join("nar"), self.id.clone());
@@ -169,7 +201,7 @@ impl FileTarget {
 const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Deletes temporary files left by uploads that were killed: `nar/.tmp-*`
-/// (NARs) and `.<name>.tmp.*` (narinfos, listings), untouched for
+/// (NARs) and `.<name>.tmp.*` (narinfos, listings, `log/` build logs), untouched for
 /// [`STALE_TEMP_AGE`]. They are invisible to Nix, but a crash loop would
 /// fill the disk with them. Best effort: a failure is logged, not fatal.
 fn sweep_stale_temps(root: &Path) {
@@ -180,6 +212,10 @@ fn sweep_stale_temps(root: &Path) {
             (|n: &str| n.starts_with(".tmp-")) as fn(&str) -> bool,
         ),
         (root.to_owned(), |n: &str| {
+            n.starts_with('.') && n.contains(".tmp.")
+        }),
+        // Build logs, written like narinfos.
+        (root.join("log"), |n: &str| {
             n.starts_with('.') && n.contains(".tmp.")
         }),
     ] {

@@ -10,9 +10,15 @@
 //! - [`upload_path`] streams one path's NAR from the daemon, compresses,
 //!   checks it against the store's record, and publishes NAR then narinfo;
 //!   [`upload_closure`] does that for a closure, references first.
+//! - [`upload_build_log`] publishes a derivation's build log as
+//!   `log/<drv>` (read from Nix's log directory, decompressed, capped).
 //! - [`UploadError::is_transient`] tells the caller how soon to retry.
+//! - [`CacheReader`] reads a cache back (narinfos, NAR streams, listing),
+//!   for `nix-outbox verify`.
 
 mod aws_credentials;
+mod build_log;
+mod cache_reader;
 mod closure_upload;
 mod compress;
 mod error;
@@ -32,7 +38,17 @@ mod target_url_error;
 mod throttle;
 mod writeback;
 
-pub use closure_upload::{ClosureReport, upload_closure};
+pub use build_log::{
+    BuildLogError, BuildLogOutcome, DEFAULT_LOG_DIR, MAX_BUILD_LOG, default_log_dir,
+    read_build_log, upload_build_log,
+};
+pub use cache_reader::{
+    BlobReader, CacheReader, READABLE_COMPRESSIONS, decompressor, is_cache_key,
+};
+pub use closure_upload::{
+    ClosureReport, PathSelector, Skip, SkipReason, UploadAll, upload_closure,
+    upload_closure_selected,
+};
 pub use compress::Compression;
 pub use error::{NarDigest, RemoteErrorKind, UploadError};
 pub use file_target::FileTarget;

@@ -33,7 +33,7 @@ use crate::multipart_cleanup::{self, MultipartCleanup};
 use crate::multipart_writer::MultipartNarWriter;
 use crate::remote::{self, Remote};
 use crate::spool_writer::SpoolNarWriter;
-use crate::target::{BoxFuture, NarWriter, Target, check_hash_part};
+use crate::target::{BoxFuture, NarWriter, Target, check_drv_name, check_hash_part};
 use crate::target_url::{TargetConfig, TargetLocation};
 use crate::throttle::{Throttle, ThrottledConnector};
 
@@ -166,6 +166,11 @@ impl ObjectStoreTarget {
         })
     }
 
+    /// The client, for reading the cache back ([`crate::cache_reader`]).
+    pub(crate) fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, UploadError> {
         let path = ObjectPath::from(key);
         let r = self.remote.deadline("read", key, 0, async {
@@ -211,6 +216,9 @@ fn with_ambient_credentials(mut b: AmazonS3Builder) -> AmazonS3Builder {
     }
     b
 }
+
+/// What Nix's `BinaryCacheStore::addBuildLog` sends a build log as.
+const LOG_TYPE: &str = "text/plain; charset=utf-8";
 
 impl Target for ObjectStoreTarget {
     fn id(&self) -> &str {
@@ -317,6 +325,42 @@ impl Target for ObjectStoreTarget {
             let key = format!("{hash_part}.ls");
             let body = json.to_owned().into();
             self.remote.put(&key, body, remote::LISTING_TYPE).await
+        })
+    }
+
+    fn has_build_log<'a>(&'a self, drv: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        Box::pin(async move {
+            check_drv_name(drv)?;
+            let key = format!("log/{drv}");
+            let path = ObjectPath::from(key.as_str());
+            let head = self
+                .remote
+                .store
+                .get_opts(&path, GetOptions::new().with_head(true));
+            match self.remote.deadline("look up", &key, 0, head).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_missing_key(&e) => Ok(false),
+                // As for narinfos: without s3:ListBucket a missing key is 403.
+                Err(UploadError::Remote {
+                    kind: RemoteErrorKind::Credentials | RemoteErrorKind::Denied,
+                    ..
+                }) if self.remote.is_s3 => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn put_build_log<'a>(
+        &'a self,
+        drv: &'a str,
+        log: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        Box::pin(async move {
+            check_drv_name(drv)?;
+            // Uncompressed, as Nix's `log-compression` defaults to none.
+            self.remote
+                .put(&format!("log/{drv}"), log.into(), LOG_TYPE)
+                .await
         })
     }
 

@@ -110,6 +110,30 @@ pub trait Target: Send + Sync {
         json: &'a str,
     ) -> BoxFuture<'a, Result<(), UploadError>>;
 
+    /// Whether `log/<drv>` (a build log, `drv` a `.drv` basename) exists.
+    /// The default, for targets that keep no logs, says no.
+    fn has_build_log<'a>(&'a self, drv: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        let _ = drv;
+        Box::pin(async { Ok(false) })
+    }
+
+    /// Writes (or replaces) `log/<drv>`, the plain-text build log that
+    /// `nix log --store <cache>` reads. The default refuses: only targets
+    /// that implement it are given logs.
+    fn put_build_log<'a>(
+        &'a self,
+        drv: &'a str,
+        log: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        let _ = log;
+        Box::pin(async move {
+            Err(UploadError::Internal(format!(
+                "{}: this target cannot store build logs (log/{drv})",
+                self.id()
+            )))
+        })
+    }
+
     /// Starts a NAR upload. The pipeline then calls
     /// [`NarWriter::prepare`] before writing; a target wrapping another
     /// hands its writer through untouched.
@@ -191,6 +215,17 @@ pub(crate) fn check_hash_part(hash_part: &str) -> Result<(), UploadError> {
         Err(UploadError::Internal(format!(
             "{hash_part:?} is not a store path hash part"
         )))
+    }
+}
+
+/// Refuses a build log name other than a `.drv` store path basename (which
+/// has no `/` and no leading `.`, so `log/<name>` stays in the cache).
+pub(crate) fn check_drv_name(name: &str) -> Result<(), UploadError> {
+    match nix_outbox_core::StorePath::from_base_name(name) {
+        Ok(p) if p.is_derivation() => Ok(()),
+        _ => Err(UploadError::Internal(format!(
+            "{name:?} is not a derivation's store path basename"
+        ))),
     }
 }
 

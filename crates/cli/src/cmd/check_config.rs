@@ -37,6 +37,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cfg.hook_timeout_ms
     );
     println!("workers         = {}", cfg.workers);
+    println!(
+        "stop-timeout-secs = {}   (on stop, in-flight uploads get this long to finish; the rest stay queued)",
+        cfg.stop_timeout.as_secs()
+    );
+    match cfg.metrics_address {
+        Some(a) => println!("metrics-address = {a}   (GET /metrics, OpenMetrics text)"),
+        None => println!("metrics-address = none   (no metrics served)"),
+    }
+    println!(
+        "upload-build-logs = {}   (log/<drv> for hook requests, read from build-log-dir = {:?})",
+        cfg.extras.upload_build_logs, cfg.extras.build_log_dir
+    );
+    println!(
+        "sign-local-store = {}   (add our signatures to the local store's records of build outputs)",
+        cfg.extras.sign_local_store
+    );
     for t in &cfg.targets {
         println!(
             "target          = {t}{}",
@@ -47,6 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         );
     }
+    print_filters(&cfg);
     let mut problems = 0;
     if cfg.secret_key_files.is_empty() {
         println!(
@@ -77,4 +94,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("configuration OK");
     Ok(())
+}
+
+/// What is left out of uploads, and what clients then need.
+fn print_filters(cfg: &Config) {
+    let f = &cfg.filters;
+    let keys: Vec<String> = f.upstream_keys().iter().map(|k| k.to_string()).collect();
+    println!(
+        "upstream-keys   = {:?}   ({})",
+        keys,
+        if keys.is_empty() {
+            "none: paths are uploaded whoever signed them"
+        } else {
+            "paths carrying a valid signature by one of these are not uploaded"
+        }
+    );
+    for u in &cfg.upstream_caches {
+        println!(
+            "upstream-cache  = {u}   (asked read-only; paths it has are not uploaded; unreachable = not there)"
+        );
+    }
+    if cfg.upstream_caches.is_empty() {
+        println!("upstream-caches = []   (none asked)");
+    }
+    println!(
+        "include         = {:?}   ({})",
+        f.include(),
+        if f.include().is_empty() {
+            "empty: every name"
+        } else {
+            "only names matching one of these"
+        }
+    );
+    println!("exclude         = {:?}", f.exclude());
+    if !keys.is_empty() || !cfg.upstream_caches.is_empty() {
+        println!(
+            "  note: clients must also use the upstream cache(s) as substituters: uploaded paths may reference paths only upstream serves"
+        );
+    }
 }

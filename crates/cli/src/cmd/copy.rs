@@ -2,6 +2,8 @@
 //! closure of each path now, in the foreground, with the daemon's pipeline
 //! (references first, narinfo last, skipping what the cache has) but
 //! without its queue. For backfilling a cache by hand, and for benchmarks.
+//! The configured filters and upstream caches apply, as in the daemon,
+//! unless `--no-filters`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,12 +11,15 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use nix_outbox::config::Config;
+use nix_outbox::service::{Filters, Selection};
 use nix_outbox_core::StorePath;
 use nix_outbox_core::keys::SecretKey;
 use nix_outbox_store::{StoreAddress, StorePool};
-use nix_outbox_upload::{Target, TargetConfig, TargetLocation, open_target, upload_closure};
+use nix_outbox_upload::{
+    Target, TargetConfig, TargetLocation, open_target, upload_closure_selected,
+};
 
-use super::daemon::{default_key_files, read_keys};
+use super::daemon::{default_key_files, read_keys, upstream_caches};
 
 /// Store connections: closures are queried level by level over the pool,
 /// and one more serves the NAR stream.
@@ -29,6 +34,10 @@ pub struct Args {
     /// configured targets. Repeat for several caches.
     #[arg(long = "to", value_name = "URL")]
     to: Vec<String>,
+    /// Upload every path of the closures: ignore include, exclude,
+    /// upstream-keys and upstream-caches.
+    #[arg(long)]
+    no_filters: bool,
     /// Store paths whose closures to upload, e.g. ./result or /nix/store/…-hello-2.12.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -52,10 +61,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|t| Ok((t, open_target(t).with_context(|| format!("target {t}"))?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // The daemon's rules, so a backfill does not copy what upstream serves;
+    // asked directly (no queue, so no known-present cache upstream).
+    let selection = if args.no_filters {
+        Selection {
+            store_dir: cfg.store_dir.clone(),
+            filters: Filters::default(),
+            upstreams: Vec::new(),
+        }
+    } else {
+        Selection {
+            store_dir: cfg.store_dir.clone(),
+            filters: cfg.filters.clone(),
+            upstreams: upstream_caches(&cfg)?,
+        }
+    };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(copy_all(&cfg, &opened, &keys, &paths))
+        .block_on(copy_all(&cfg, &opened, &keys, &paths, &selection))
 }
 
 /// `./result` symlinks are what users have at hand: resolve them, but only
@@ -107,6 +131,7 @@ async fn copy_all(
     targets: &[(&TargetConfig, Arc<dyn Target>)],
     keys: &[SecretKey],
     paths: &[StorePath],
+    selection: &Selection,
 ) -> anyhow::Result<()> {
     let sd = &cfg.store_dir;
     let pool = StorePool::new(StoreAddress::from_env()?, sd.clone(), STORE_CONNECTIONS);
@@ -125,7 +150,8 @@ async fn copy_all(
         let shown = sd.display(path);
         for (t, target) in targets {
             let started = Instant::now();
-            let res = upload_closure(&pool, target.as_ref(), t, keys, path).await;
+            let res =
+                upload_closure_selected(&pool, target.as_ref(), t, keys, path, selection).await;
             let secs = started.elapsed().as_secs_f64();
             match res {
                 Ok(r) if r.missing.contains(path) => failures.push(format!(
@@ -141,12 +167,13 @@ async fn copy_all(
                     ));
                 }
                 Ok(r) => println!(
-                    "{shown} → {}: uploaded {}, already present {}, {} NAR bytes, {} compressed, {secs:.2} s",
+                    "{shown} → {}: uploaded {}, already present {}, {} NAR bytes, {} compressed, {secs:.2} s{}",
                     target.id(),
                     r.uploaded,
                     r.already_present,
                     r.nar_bytes,
-                    r.file_bytes
+                    r.file_bytes,
+                    skipped_summary(&r.skipped)
                 ),
                 Err(e) => failures.push(format!("{shown} → {}: {e}", target.id())),
             }
@@ -161,4 +188,18 @@ async fn copy_all(
         );
     }
     Ok(())
+}
+
+/// `, skipped 3 (2 signed by upstream key cache.nixos.org-1, 1 excluded by
+/// pattern "*.drv")`, or nothing when nothing was skipped.
+fn skipped_summary(skipped: &[(StorePath, nix_outbox_upload::Skip)]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let mut by: std::collections::BTreeMap<&nix_outbox_upload::Skip, usize> = Default::default();
+    for (_, s) in skipped {
+        *by.entry(s).or_default() += 1;
+    }
+    let parts: Vec<String> = by.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!(", skipped {} ({})", skipped.len(), parts.join(", "))
 }

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
 use nix_outbox::config::Config;
-use nix_outbox::service::{self, Service, TargetEntry};
+use nix_outbox::service::systemd::{self, InheritedSocket};
+use nix_outbox::service::{self, Lifecycle, Options, Service, TargetEntry};
 use nix_outbox_core::keys::{self, SecretKey};
 use nix_outbox_queue::Queue;
 use nix_outbox_store::{StoreAddress, StorePool};
@@ -23,13 +24,20 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = Config::load(args.config.as_deref())?;
-    tokio::runtime::Builder::new_multi_thread()
+    // SAFETY: no thread exists yet (the runtime is built below).
+    let inherited = unsafe { systemd::take_listen_socket() }?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(serve(cfg))
+        .build()?;
+    let res = runtime.block_on(serve(cfg, inherited));
+    // Uploads cut off by stop-timeout-secs may leave blocking work (a
+    // compressor thread, a queue call) that ends by itself soon; do not let
+    // it hold the exit for long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    res
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, inherited: Option<InheritedSocket>) -> anyhow::Result<()> {
     cfg.ensure_state_dir()?;
     let (keys, generated) = load_or_generate_keys(&cfg)?;
     if generated || cfg.default_target || cfg.source == "built-in defaults" {
@@ -57,10 +65,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             })
         })
         .collect::<Result<_, nix_outbox_upload::UploadError>>()?;
-    let listener = bind_socket(&cfg)?;
+    let activated = inherited.is_some();
+    let listener = match inherited {
+        Some(inherited) => from_systemd(&cfg, inherited)?,
+        None => bind_socket(&cfg)?,
+    };
     tracing::info!(
-        "nix-outbox daemon listening on {} (config: {}); uploading to {}",
+        "nix-outbox daemon listening on {}{} (config: {}); uploading to {}",
         cfg.socket.display(),
+        if activated {
+            " (socket from systemd)"
+        } else {
+            ""
+        },
         cfg.source,
         cfg.targets
             .iter()
@@ -77,6 +94,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         workers: cfg.workers,
         queue: Arc::new(Mutex::new(queue)),
         wake: Notify::new(),
+        extras: cfg.extras.clone(),
     });
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -87,11 +105,74 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
         tracing::info!("stopping; interrupted uploads resume at the next start");
+        systemd::notify_stopping("stopping: finishing uploads in flight");
         let _ = tx.send(true);
     });
-    let res = service::run(svc, listener, rx).await;
-    let _ = std::fs::remove_file(&cfg.socket);
+    let metrics_listener = match cfg.metrics_address {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr} (metrics-address)"))?;
+            tracing::info!("serving metrics on http://{}/metrics", l.local_addr()?);
+            Some(l)
+        }
+        None => None,
+    };
+    let lifecycle = Lifecycle {
+        observe: service::Observability {
+            metrics_listener,
+            progress_file: Some(cfg.progress_path()),
+        },
+        stop_timeout: cfg.stop_timeout,
+        on_ready: Some(Box::new(|| {
+            systemd::notify_ready("accepting hook requests")
+        })),
+    };
+    let options = Options {
+        filters: cfg.filters.clone(),
+        upstream_caches: upstream_caches(&cfg)?,
+        ..Options::default()
+    };
+    let res = service::run_managed(svc, listener, rx, options, lifecycle).await;
+    // systemd's socket outlives us: that is what keeps hooks queued while
+    // the daemon restarts. Only a socket we bound is ours to remove.
+    if !activated {
+        let _ = std::fs::remove_file(&cfg.socket);
+    }
     res
+}
+
+/// The hook socket passed by socket activation (nix-outbox.socket). Its
+/// mode and group are systemd's (SocketMode=, SocketGroup=), not ours.
+fn from_systemd(cfg: &Config, inherited: InheritedSocket) -> anyhow::Result<UnixListener> {
+    match &inherited.path {
+        Some(p) if p == &cfg.socket => {}
+        // Hooks connect to `socket` from the configuration; anything sent
+        // to another path would only reach us through the spool.
+        other => tracing::warn!(
+            "systemd passed a socket bound to {}, but the configuration's socket (which the hook \
+             uses) is {}; make ListenStream= in nix-outbox.socket match it (nix-outbox \
+             install-systemd does)",
+            other
+                .as_ref()
+                .map_or("no path".to_owned(), |p| p.display().to_string()),
+            cfg.socket.display()
+        ),
+    }
+    inherited.listener.set_nonblocking(true)?;
+    Ok(UnixListener::from_std(inherited.listener)?)
+}
+
+/// The configured upstream caches, opened read-only (only existence checks
+/// are ever made on them).
+pub(crate) fn upstream_caches(cfg: &Config) -> anyhow::Result<Vec<service::UpstreamCache>> {
+    cfg.upstream_caches
+        .iter()
+        .map(|c| {
+            let target = open_target(c).with_context(|| format!("upstream cache {c}"))?;
+            Ok(service::UpstreamCache::new(c.id(), target))
+        })
+        .collect()
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

@@ -1,8 +1,10 @@
 pub mod check_config;
 pub mod copy;
 pub mod daemon;
+pub mod install_systemd;
 pub mod keygen;
 pub mod push;
 pub mod retry;
 pub mod status;
+pub mod verify;
 pub mod wait;

@@ -1,8 +1,9 @@
 //! `nix-outbox push [--config FILE] [--wait] PATH...`: enqueue paths (and,
 //! through the upload, their closures) by hand.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use nix_outbox::config::Config;
@@ -12,6 +13,8 @@ use nix_outbox_hook::protocol::{HookRequest, MAX_OUT_PATHS};
 use nix_outbox_queue::{Queue, Source};
 
 use super::wait;
+
+mod progress;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -83,7 +86,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     eprintln!("queued {count} path(s) (request {last_id})");
     if args.wait {
-        return wait::wait_for(&cfg, last_id, args.timeout);
+        let deadline = args
+            .timeout
+            .map(|t| Instant::now() + Duration::from_secs(t));
+        let terminal = std::io::stderr().is_terminal();
+        progress::follow(&cfg, last_id, deadline, terminal)?;
+        // Outstanding work is done (or the deadline passed): `wait` with no
+        // time left checks once and says which, with its usual report.
+        return wait::wait_for(&cfg, last_id, args.timeout.map(|_| 0));
     }
     Ok(())
 }

@@ -1,39 +1,67 @@
-//! `nix-outbox status [--config FILE] [--json]`: the queue per target.
+//! `nix-outbox status [--config FILE] [--json]`: per target, what is
+//! pending, uploading now (with bytes and throughput), failing (with the
+//! last error and the next retry), skipped and recently done.
+//!
+//! Counts come from the queue, so they are right with the daemon down.
+//! What is uploading *now*, and how far, only the daemon knows: it writes
+//! it to `<state-dir>/progress.json` every second, which is shown when the
+//! daemon is up (see `service::metrics::progress`).
+
+mod render;
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use nix_outbox::config::Config;
-use nix_outbox_queue::{Queue, Status};
-use serde_json::json;
+use nix_outbox::service::metrics::progress::{self, HEARTBEAT, ProgressFile};
+use nix_outbox_queue::{Queue, SkipCount, Status};
+
+pub(crate) use render::human_bytes;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Machine-readable output.
+    /// Machine-readable output (field names are stable; see README).
     #[arg(long)]
     json: bool,
 }
 
+/// Everything `status` shows, read once.
+pub(crate) struct Snapshot {
+    pub now: i64,
+    pub status: Status,
+    /// Done jobs per target in the last hour.
+    pub done_last_hour: Vec<(String, u64)>,
+    /// Per target, closure paths left out on purpose, by (reason, detail).
+    pub skip_counts: Vec<(String, SkipCount)>,
+    pub spooled: usize,
+    /// The configured targets' ids, in configuration order.
+    pub configured: Vec<String>,
+    pub daemon: Daemon,
+}
+
+/// What is known about the daemon.
+pub(crate) struct Daemon {
+    pub running: bool,
+    /// How that was found out, for the reader.
+    pub how: String,
+    /// Its progress file, when it is running and the file is fresh.
+    pub progress: Option<ProgressFile>,
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = Config::load(args.config.as_deref())?;
-    let status = read_status(&cfg)?;
-    let spooled = nix_outbox_hook::spool::list_spool(&cfg.spool_dir())
-        .map(|v| v.len())
-        .unwrap_or(0);
+    let snap = snapshot(&cfg)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(&status, spooled))?
-        );
+        println!("{}", serde_json::to_string_pretty(&render::to_json(&snap))?);
     } else {
-        print!("{}", render(&status, spooled));
+        print!("{}", render::render(&snap));
     }
     Ok(())
 }
 
-pub fn read_status(cfg: &Config) -> anyhow::Result<Status> {
+pub(crate) fn snapshot(cfg: &Config) -> anyhow::Result<Snapshot> {
     let path = cfg.queue_path();
     if !path.exists() {
         anyhow::bail!(
@@ -42,61 +70,58 @@ pub fn read_status(cfg: &Config) -> anyhow::Result<Status> {
         );
     }
     let q = Queue::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(q.status(5)?)
-}
-
-fn to_json(s: &Status, spooled: usize) -> serde_json::Value {
-    json!({
-        "spooled_requests": spooled,
-        "new_requests": s.new_requests,
-        "failing_request": s.failing_request.as_ref().map(|r| json!({"id": r.id, "last_error": r.last_error})),
-        "targets": s.targets.iter().map(|t| json!({
-            "target": t.target,
-            "pending": t.never_tried,
-            "failing": t.failing,
-            "in_flight": t.in_flight,
-            "done": t.done,
-            "skipped": t.skipped,
-            "recent_failures": t.recent_failures.iter().map(|j| json!({
-                "path": j.path, "attempts": j.attempts, "last_error": j.last_error, "next_attempt_at": j.next_attempt_at,
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
+    let now = nix_outbox::service::now();
+    let status = q.status(5)?;
+    let done_last_hour = q.done_since(now - 3600)?;
+    let skip_counts = q.skip_counts()?;
+    let spooled = nix_outbox_hook::spool::list_spool(&cfg.spool_dir())
+        .map(|v| v.len())
+        .unwrap_or(0);
+    Ok(Snapshot {
+        now,
+        status,
+        done_last_hour,
+        skip_counts,
+        spooled,
+        configured: cfg.targets.iter().map(|t| t.id()).collect(),
+        daemon: daemon(cfg, now),
     })
 }
 
-fn render(s: &Status, spooled: usize) -> String {
-    let mut out = String::new();
-    if spooled > 0 {
-        out += &format!("spool: {spooled} request(s) waiting for the daemon to ingest them\n");
+/// Whether the daemon is up: it accepts on the hook socket (a connection
+/// closed without a request is its liveness probe). A user who may not
+/// connect (mode 0600) gets the progress file's word instead: fresh and
+/// written by a live process.
+pub(crate) fn daemon(cfg: &Config, now: i64) -> Daemon {
+    let file = progress::read(&cfg.progress_path());
+    let fresh = file.clone().filter(|f| {
+        f.updated_at >= now - 3 * HEARTBEAT.as_secs() as i64
+            && std::path::Path::new(&format!("/proc/{}", f.pid)).exists()
+    });
+    let socket = cfg.socket.display();
+    match std::os::unix::net::UnixStream::connect(&cfg.socket) {
+        Ok(_) => Daemon {
+            running: true,
+            how: format!("accepting on {socket}"),
+            progress: fresh,
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Daemon {
+            running: fresh.is_some(),
+            how: match &fresh {
+                Some(f) => format!(
+                    "pid {} (no permission to connect to {socket}; judged by its progress file)",
+                    f.pid
+                ),
+                None => format!(
+                    "no permission to connect to {socket}, and no fresh progress file from it"
+                ),
+            },
+            progress: fresh,
+        },
+        Err(e) => Daemon {
+            running: false,
+            how: format!("nothing accepts on {socket} ({e})"),
+            progress: None,
+        },
     }
-    if s.new_requests > 0 {
-        out += &format!("requests: {} not yet resolved into jobs\n", s.new_requests);
-    }
-    if let Some(r) = &s.failing_request {
-        out += &format!(
-            "  request {}: {}\n",
-            r.id,
-            r.last_error.as_deref().unwrap_or("")
-        );
-    }
-    if s.targets.is_empty() {
-        out += "no uploads queued yet\n";
-    }
-    for t in &s.targets {
-        out += &format!(
-            "{}\n  pending {}  in flight {}  failing {}  done {}  skipped {}\n",
-            t.target, t.never_tried, t.in_flight, t.failing, t.done, t.skipped
-        );
-        for j in &t.recent_failures {
-            let wait = j.next_attempt_at - nix_outbox::service::now();
-            out += &format!(
-                "  ✗ {} (attempt {}, next try in {}s): {}\n",
-                j.path,
-                j.attempts,
-                wait.max(0),
-                j.last_error.as_deref().unwrap_or("")
-            );
-        }
-    }
-    out
 }

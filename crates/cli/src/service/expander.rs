@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix_outbox_core::StorePath;
 use nix_outbox_queue::Request;
-use nix_outbox_store::build_outputs;
+use nix_outbox_store::{build_outputs, sign_local_paths};
 use tokio::sync::watch;
 
 use super::{Daemon, Failure, idle};
@@ -91,6 +91,19 @@ async fn expand(d: &Daemon, req: Request) -> anyhow::Result<()> {
     );
     if created > 0 {
         svc.wake.notify_waiters();
+    }
+    if svc.extras.sign_local_store && !valid.is_empty() {
+        // After the commit, and best effort: the uploads matter, and a
+        // store that refuses (we are not a trusted user) must not hold
+        // them back. The cache's narinfos get our signatures regardless.
+        match sign_local_paths(&svc.pool, &valid, &svc.keys).await {
+            Ok(n) => tracing::debug!("request {id}: signed {n} path(s) in the local store"),
+            Err(e) => tracing::warn!(
+                "request {id}: cannot add our signatures to the local store ({e}); \
+                 the daemon must connect as a trusted user (trusted-users in nix.conf), \
+                 or set sign-local-store = false"
+            ),
+        }
     }
     Ok(())
 }

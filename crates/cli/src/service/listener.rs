@@ -2,6 +2,11 @@
 //! `ok <id>` only after the request is durably committed to the queue.
 //! Oversized, slow or malformed requests get an `error` reply (when the peer
 //! is still there) and the daemon keeps serving.
+//!
+//! Commits are grouped: one task writes to the queue, and every request
+//! that arrives while a commit is running goes into the next one, so one
+//! disk sync acknowledges many hooks when builds finish together (with one
+//! transaction per request, a burst of hooks queued behind the syncs).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +15,7 @@ use nix_outbox_hook::protocol::{self, MAX_REQUEST_BYTES, Reply};
 use nix_outbox_queue::Source;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Daemon;
 
@@ -18,17 +23,31 @@ use super::Daemon;
 /// one write; anything slower is stuck or hostile.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most requests in one transaction: bounds how long the first of
+/// them waits for the others to be written.
+const MAX_BATCH: usize = 256;
+
+/// A decoded request waiting for the committer, and where its id goes.
+struct Pending {
+    drv: Option<String>,
+    outs: Vec<String>,
+    reply: oneshot::Sender<Result<i64, String>>,
+}
+
 pub async fn accept_loop(
     d: Arc<Daemon>,
     listener: UnixListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // The committer ends once every handler (each holds a sender) is done.
+    let (commits, rx) = mpsc::channel(4 * MAX_BATCH);
+    tokio::spawn(commit_loop(d.clone(), rx));
     loop {
         tokio::select! {
             _ = shutdown.changed() => return Ok(()),
             res = listener.accept() => match res {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle(d.clone(), stream));
+                    tokio::spawn(handle(d.clone(), commits.clone(), stream));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
@@ -40,7 +59,8 @@ pub async fn accept_loop(
     }
 }
 
-async fn handle(d: Arc<Daemon>, mut stream: UnixStream) {
+async fn handle(d: Arc<Daemon>, commits: mpsc::Sender<Pending>, mut stream: UnixStream) {
+    let connected = std::time::Instant::now();
     let reply = match tokio::time::timeout(READ_TIMEOUT, read_frame(&mut stream)).await {
         Err(_) => Reply::error("timed out waiting for the request"),
         Ok(Err(e)) => Reply::error(&e),
@@ -55,16 +75,16 @@ async fn handle(d: Arc<Daemon>, mut stream: UnixStream) {
                 tracing::warn!("refused a malformed hook request: {e}");
                 Reply::error(&format!("malformed request: {e}"))
             }
-            Ok(req) => match commit(&d, req).await {
+            Ok(req) => match commit(&d, &commits, req).await {
                 Ok(id) => Reply::Ok(id as u64),
-                Err(e) => {
-                    // Not acknowledged: the hook spools the request instead.
-                    tracing::error!("cannot commit a hook request: {e:#}");
-                    Reply::error(&format!("cannot commit to the queue: {e:#}"))
-                }
+                // Not acknowledged: the hook spools the request instead.
+                // The committer logged why.
+                Err(e) => Reply::error(&format!("cannot commit to the queue: {e}")),
             },
         },
     };
+    d.metrics
+        .hook_request(matches!(reply, Reply::Ok(_)), connected.elapsed());
     let _ = stream.write_all(&reply.encode()).await;
     let _ = stream.shutdown().await;
     // Closing with unread input makes the kernel reset the connection, and
@@ -82,17 +102,57 @@ async fn handle(d: Arc<Daemon>, mut stream: UnixStream) {
     .await;
 }
 
-async fn commit(d: &Daemon, req: protocol::HookRequest) -> anyhow::Result<i64> {
+async fn commit(
+    d: &Daemon,
+    commits: &mpsc::Sender<Pending>,
+    req: protocol::HookRequest,
+) -> Result<i64, String> {
     let sd = &d.svc.store_dir;
-    let drv = req.drv_path.as_ref().map(|p| sd.display(p));
-    let outs: Vec<String> = req.out_paths.iter().map(|p| sd.display(p)).collect();
-    let now = d.now();
-    let id = d
-        .svc
-        .with_queue(move |q| q.add_request(Source::Hook, drv.as_deref(), &outs, now))
-        .await?;
-    d.svc.wake.notify_waiters();
-    Ok(id)
+    let (reply, answer) = oneshot::channel();
+    let pending = Pending {
+        drv: req.drv_path.as_ref().map(|p| sd.display(p)),
+        outs: req.out_paths.iter().map(|p| sd.display(p)).collect(),
+        reply,
+    };
+    let gone = || "the daemon is shutting down".to_owned();
+    commits.send(pending).await.map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
+}
+
+/// Writes queued requests to the queue, as many per transaction as have
+/// arrived (up to [`MAX_BATCH`]), and answers each with its id or error.
+async fn commit_loop(d: Arc<Daemon>, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let requests: Vec<(Option<String>, Vec<String>)> = batch
+            .iter_mut()
+            .map(|p| (p.drv.take(), std::mem::take(&mut p.outs)))
+            .collect();
+        let now = d.now();
+        let results = d
+            .svc
+            .with_queue(move |q| q.add_requests(Source::Hook, &requests, now))
+            .await;
+        match results {
+            Ok(results) => {
+                for (p, res) in batch.drain(..).zip(results) {
+                    let res = res.map_err(|e| {
+                        tracing::error!("cannot commit a hook request: {e}");
+                        e.to_string()
+                    });
+                    let _ = p.reply.send(res);
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot commit {} hook request(s): {e:#}", batch.len());
+                let msg = format!("{e:#}");
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(Err(msg.clone()));
+                }
+            }
+        }
+        d.svc.wake.notify_waiters();
+    }
 }
 
 /// Reads until the `end` line or the size limit; the frame is decoded (and

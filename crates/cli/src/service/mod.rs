@@ -9,10 +9,14 @@
 
 mod clock;
 mod expander;
+pub mod filters;
 mod listener;
+pub mod metrics;
 mod present;
 mod retry;
 mod spool;
+pub mod systemd;
+pub mod upstream;
 mod workers;
 
 #[cfg(test)]
@@ -35,8 +39,11 @@ use tokio::net::UnixListener;
 use tokio::sync::{Notify, watch};
 
 pub use clock::Clock;
+pub use filters::{Filters, Selection};
+pub use metrics::{Metrics, Observability};
 pub use present::{KnownPresent, RELOAD_EVERY};
 pub use retry::{Failure, Jitter, RetryPolicy};
+pub use upstream::UpstreamCache;
 
 /// How long a path seen in a target is trusted to still be there.
 pub const DEFAULT_PRESENT_TTL: Duration = Duration::from_secs(3600);
@@ -61,6 +68,8 @@ pub struct Service {
     pub queue: Arc<Mutex<Queue>>,
     /// Wakes the expander and workers when new work is committed.
     pub wake: Notify,
+    /// Build logs and local signatures.
+    pub extras: crate::config::CacheExtras,
 }
 
 impl Service {
@@ -101,6 +110,11 @@ pub struct Options {
     pub jitter: Jitter,
     /// How long a path seen in a target is trusted to still be there.
     pub present_ttl: Duration,
+    /// What not to upload (`include`, `exclude`, `upstream-keys`).
+    pub filters: Filters,
+    /// Caches whose paths are not uploaded (`upstream-caches`); asked
+    /// through the known-present cache, with `present_ttl`.
+    pub upstream_caches: Vec<UpstreamCache>,
 }
 
 impl Default for Options {
@@ -110,6 +124,8 @@ impl Default for Options {
             retry: RetryPolicy::default(),
             jitter: Jitter::unpredictable(),
             present_ttl: DEFAULT_PRESENT_TTL,
+            filters: Filters::default(),
+            upstream_caches: Vec::new(),
         }
     }
 }
@@ -123,6 +139,10 @@ pub(crate) struct Daemon {
     pub jitter: Jitter,
     /// `svc.targets[i]` behind its known-present cache, in the same order.
     pub present: Vec<Arc<KnownPresent>>,
+    /// Which paths of a closure not to upload.
+    pub selection: Selection,
+    /// Counters for `/metrics` and the in-flight progress for `status`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Daemon {
@@ -140,7 +160,21 @@ impl Daemon {
                 ))
             })
             .collect();
+        let metrics = Arc::new(Metrics::new(
+            svc.targets.iter().map(|t| t.id.clone()).collect(),
+        ));
+        let selection = Selection {
+            store_dir: svc.store_dir.clone(),
+            filters: options.filters,
+            upstreams: options
+                .upstream_caches
+                .into_iter()
+                .map(|u| u.remembered(svc.queue.clone(), options.clock, options.present_ttl))
+                .collect(),
+        };
         Arc::new(Self {
+            metrics,
+            selection,
             svc,
             clock: options.clock,
             retry: options.retry,
@@ -163,14 +197,55 @@ pub async fn run(
     run_with(svc, listener, shutdown, Options::default()).await
 }
 
-/// Runs the daemon until `shutdown` flips to true. Jobs interrupted by the
-/// shutdown stay `in_flight` in the queue and are retried on the next start
-/// (the same path as after a crash).
+/// Runs the daemon until `shutdown` flips to true, then drains for at most
+/// [`DEFAULT_STOP_TIMEOUT`] (see [`run_managed`]).
 pub async fn run_with(
+    svc: Arc<Service>,
+    listener: UnixListener,
+    shutdown: watch::Receiver<bool>,
+    options: Options,
+) -> anyhow::Result<()> {
+    run_managed(svc, listener, shutdown, options, Lifecycle::default()).await
+}
+
+/// How long a stopping daemon waits for in-flight uploads by default
+/// (`stop-timeout-secs`); the systemd unit's TimeoutStopSec is above it.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a daemon reports readiness and stops (systemd's `Type=notify` and
+/// TimeoutStopSec, but nothing here depends on systemd).
+pub struct Lifecycle {
+    /// After `shutdown`, how long in-flight uploads may take to finish.
+    pub stop_timeout: Duration,
+    /// Called once the queue is open, interrupted uploads are recovered and
+    /// the listener accepts.
+    pub on_ready: Option<Box<dyn FnOnce() + Send>>,
+    /// Whether to serve `/metrics` and write the progress file.
+    pub observe: Observability,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            on_ready: None,
+            observe: Observability::default(),
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` flips to true, then drains: no new
+/// upload or expansion starts, the hook socket keeps acknowledging (hooks
+/// need not spool during the drain), and uploads in flight get up to
+/// `lifecycle.stop_timeout` to finish. Those still running then are cut
+/// off and stay `in_flight` in the queue, to be retried at the next start
+/// (the same path as after a crash).
+pub async fn run_managed(
     svc: Arc<Service>,
     listener: UnixListener,
     mut shutdown: watch::Receiver<bool>,
     options: Options,
+    lifecycle: Lifecycle,
 ) -> anyhow::Result<()> {
     let d = Daemon::new(svc, options);
     let now = d.now();
@@ -198,21 +273,78 @@ pub async fn run_with(
                 )
             });
     }
+    // The listener outlives the drain: it stops on its own signal, last.
+    let (close_tx, close_rx) = watch::channel(false);
+    let accepting = tokio::spawn(listener::accept_loop(d.clone(), listener, close_rx));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(listener::accept_loop(d.clone(), listener, shutdown.clone()));
     tasks.spawn(spool::ingest_loop(d.clone(), shutdown.clone()));
     tasks.spawn(expander::expand_loop(d.clone(), shutdown.clone()));
+    let metrics_address = match lifecycle.observe.metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr()?.to_string();
+            tasks.spawn(metrics::serve(d.clone(), l, shutdown.clone()));
+            Some(addr)
+        }
+        None => None,
+    };
+    if let Some(path) = lifecycle.observe.progress_file {
+        tasks.spawn(metrics::write_loop(
+            d.clone(),
+            path,
+            metrics_address,
+            shutdown.clone(),
+        ));
+    }
     for n in 0..d.svc.workers {
         tasks.spawn(workers::worker_loop(d.clone(), n, shutdown.clone()));
     }
+    if let Some(ready) = lifecycle.on_ready {
+        ready();
+    }
     let _ = shutdown.wait_for(|s| *s).await;
     d.svc.wake.notify_waiters();
-    while let Some(res) = tasks.join_next().await {
-        if let Ok(Err(e)) = res {
-            tracing::error!("daemon task failed: {e:#}");
-        }
+    drain(&d, &mut tasks, lifecycle.stop_timeout).await;
+    let _ = close_tx.send(true);
+    if let Ok(Err(e)) = accepting.await {
+        tracing::error!("daemon task failed: {e:#}");
     }
     Ok(())
+}
+
+/// Waits for the loops to end (workers end after their current job), for
+/// at most `limit`; then cuts off what still runs.
+async fn drain(d: &Daemon, tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>, limit: Duration) {
+    let in_flight = d
+        .svc
+        .with_queue(|q| q.status(0))
+        .await
+        .map(|s| s.targets.iter().map(|t| t.in_flight).sum::<u64>())
+        .unwrap_or(0);
+    if in_flight > 0 {
+        let msg = format!(
+            "stopping: no new uploads; waiting up to {}s for {in_flight} upload(s) in flight",
+            limit.as_secs()
+        );
+        tracing::info!("{msg}");
+        systemd::notify_status(&msg);
+    }
+    let joined = tokio::time::timeout(limit, async {
+        while let Some(res) = tasks.join_next().await {
+            if let Ok(Err(e)) = res {
+                tracing::error!("daemon task failed: {e:#}");
+            }
+        }
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!(
+            "stop-timeout-secs ({}s) reached with uploads still in flight; they stay queued and \
+             are retried at the next start",
+            limit.as_secs()
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
 }
 
 /// Sleeps until woken, the shutdown flips, or `max` passes.

@@ -63,12 +63,18 @@ fn rig(failures: usize, error: fn(&str) -> UploadError) -> Rig {
         workers: 1,
         queue: Arc::new(Mutex::new(queue)),
         wake: Notify::new(),
+        // The probe target keeps no logs; this test is about NAR retries.
+        extras: crate::config::CacheExtras {
+            upload_build_logs: false,
+            ..Default::default()
+        },
     });
     let options = Options {
         clock,
         retry: RetryPolicy::default(),
         jitter: Jitter::seeded(SEED),
         present_ttl: DEFAULT_PRESENT_TTL,
+        ..Options::default()
     };
     Rig {
         _dir: dir,

@@ -54,6 +54,7 @@ pub async fn ingest_once(d: &Daemon) -> anyhow::Result<usize> {
                     .with_queue(move |q| q.add_request(Source::Spool, drv.as_deref(), &outs, now))
                     .await?;
                 std::fs::remove_file(&file)?;
+                d.metrics.spool_request(true);
                 tracing::info!(
                     "ingested spooled request {} as request {id}",
                     file.display()
@@ -65,6 +66,7 @@ pub async fn ingest_once(d: &Daemon) -> anyhow::Result<usize> {
                 std::fs::create_dir_all(&rejected)?;
                 let dest = rejected.join(file.file_name().unwrap_or_default());
                 std::fs::rename(&file, &dest)?;
+                d.metrics.spool_request(false);
                 tracing::error!(
                     "spool file {} is unreadable ({e}); moved to {}",
                     file.display(),

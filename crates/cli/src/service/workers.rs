@@ -5,10 +5,12 @@
 //! however often and however it fails.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use nix_outbox_queue::Job;
-use nix_outbox_upload::{Target as _, UploadError, upload_closure};
+use nix_outbox_queue::{Job, SkippedPath};
+use nix_outbox_upload::{
+    BuildLogOutcome, ClosureReport, Target as _, upload_build_log, upload_closure_selected,
+};
 use tokio::sync::watch;
 
 use super::{Daemon, Failure, idle};
@@ -52,6 +54,7 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
         path,
         target,
         attempts,
+        request_id,
         ..
     } = job;
     let svc = &d.svc;
@@ -77,11 +80,34 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let result = upload_closure(&svc.pool, present.as_ref(), &entry.config, &svc.keys, &root).await;
+    // Registered as in flight (with byte counts) for `status` until dropped.
+    let (job, started) = (
+        d.metrics.in_flight.start(&target, &path, d.now()),
+        Instant::now(),
+    );
+    let tracked = job.track(present.as_ref());
+    let result = upload_closure_selected(
+        &svc.pool,
+        &tracked,
+        &entry.config,
+        &svc.keys,
+        &root,
+        &d.selection,
+    )
+    .await;
+    drop(job);
+    let skipped = matches!(&result, Ok(r) if r.missing.contains(&root) || r.blocked.contains(&root)
+        || r.skipped.iter().any(|(p, _)| p == &root));
+    d.metrics
+        .job_finished(&target, &result, skipped, started.elapsed());
     // Whatever the outcome, what was seen present (or uploaded before a
     // failure) is worth remembering.
     present.flush().await;
+    d.selection.flush().await;
     let now = d.now();
+    if let Ok(report) = &result {
+        record_skips(d, &target, report, now).await;
+    }
     match result {
         Ok(report) if report.missing.contains(&root) => {
             tracing::info!(
@@ -105,6 +131,20 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
             svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now))
                 .await?;
         }
+        Ok(report) if report.skipped.iter().any(|(p, _)| p == &root) => {
+            // Left out on purpose (upstream serves it, or a filter): the
+            // job is settled, with the reason for `status`.
+            let skip = report
+                .skipped
+                .iter()
+                .find(|(p, _)| p == &root)
+                .map(|(_, s)| s.to_string())
+                .unwrap_or_default();
+            let msg = format!("not uploaded: {skip}");
+            tracing::info!("{}: {msg}", sd.display(&root));
+            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now))
+                .await?;
+        }
         Ok(report) => {
             tracing::info!(
                 "{} → {target}: {} uploaded ({} NAR bytes, {} compressed), {} already present",
@@ -114,6 +154,23 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
                 report.file_bytes,
                 report.already_present
             );
+            // After the outputs' narinfos, so a log never holds them back;
+            // a log that fails keeps the job pending (the outputs are then
+            // found present at once) until the log is in too.
+            if let Some((msg, failure)) = upload_log(d, entry, request_id).await {
+                let delay = d.retry.delay(
+                    attempts,
+                    failure,
+                    entry.target.retry_after(),
+                    d.jitter.next(),
+                );
+                let at = d.clock.after(delay);
+                let msg = failure_message(&msg, failure, d.retry.cap);
+                tracing::warn!("{}: {msg}", sd.display(&root));
+                svc.with_queue(move |q| q.retry_job(&path, &target, &msg, at, now))
+                    .await?;
+                return Ok(());
+            }
             svc.with_queue(move |q| q.finish_job(&path, &target, now))
                 .await?;
         }
@@ -147,11 +204,84 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Publishes the build log of the derivation the job's request named
+/// (hook requests do), if `upload-build-logs` is on. Returns the error and
+/// its pace when it failed in a way a retry can fix; a missing log is
+/// normal (substituted, `keep-build-log = false`), and a log we refuse to
+/// read (corrupt, a symlink) is skipped with a warning.
+async fn upload_log(
+    d: &Daemon,
+    entry: &super::TargetEntry,
+    request_id: i64,
+) -> Option<(String, Failure)> {
+    let svc = &d.svc;
+    if !svc.extras.upload_build_logs {
+        return None;
+    }
+    let drv = match svc.with_queue(move |q| q.request(request_id)).await {
+        Ok(req) => req?.drv_path?,
+        Err(e) => {
+            return Some((
+                format!("build log: reading the request: {e:#}"),
+                Failure::Transient,
+            ));
+        }
+    };
+    let drv = svc.store_dir.parse_path(&drv).ok()?;
+    let shown = svc.store_dir.display(&drv);
+    match upload_build_log(entry.target.as_ref(), &svc.extras.build_log_dir, &drv).await {
+        Ok(BuildLogOutcome::Uploaded { bytes }) => {
+            tracing::info!("build log of {shown} → {}: {bytes} bytes", entry.id)
+        }
+        Ok(BuildLogOutcome::AlreadyPresent) => {}
+        Ok(BuildLogOutcome::NoLog) => tracing::debug!("no build log kept for {shown}"),
+        Err(e) if e.is_retriable() => {
+            let failure = if e.is_transient() {
+                Failure::Transient
+            } else {
+                Failure::Permanent
+            };
+            return Some((
+                format!("outputs uploaded, but not the build log yet: {e}"),
+                failure,
+            ));
+        }
+        Err(e) => tracing::warn!("not uploading the build log of {shown}: {e}"),
+    }
+    None
+}
+
+/// Records the closure paths left out on purpose, for `status`. Only
+/// bookkeeping: a failure is logged, never fails the job.
+async fn record_skips(d: &Daemon, target: &str, report: &ClosureReport, now: i64) {
+    if report.skipped.is_empty() {
+        return;
+    }
+    let skips: Vec<SkippedPath> = report
+        .skipped
+        .iter()
+        .map(|(p, s)| SkippedPath {
+            path: p.as_str().to_owned(),
+            reason: s.reason.as_str().to_owned(),
+            detail: s.detail.clone(),
+        })
+        .collect();
+    tracing::debug!("{} path(s) left out of uploads to {target}", skips.len());
+    let id = target.to_owned();
+    if let Err(e) = d
+        .svc
+        .with_queue(move |q| q.mark_skipped(&id, &skips, now))
+        .await
+    {
+        tracing::warn!("cannot record skipped paths for {target} in the queue: {e:#}");
+    }
+}
+
 /// The job's `last_error`, as `nix-outbox status` shows it. A permanent
 /// failure says so: the error names the cause (and usually the remedy),
 /// and the reader must know that waiting will not help but that the job is
 /// not lost either.
-fn failure_message(e: &UploadError, failure: Failure, cap: Duration) -> String {
+fn failure_message(e: &dyn std::fmt::Display, failure: Failure, cap: Duration) -> String {
     match failure {
         Failure::Transient => e.to_string(),
         Failure::Permanent => format!(

@@ -1,0 +1,330 @@
+//! `status` as text for people and as JSON for machines.
+
+use std::fmt::Write as _;
+
+use nix_outbox::service::metrics::progress::InFlightJob;
+use nix_outbox_queue::{SkipCount, TargetStatus};
+use serde_json::{Value, json};
+
+use super::Snapshot;
+
+/// One target's view: queue counts plus what the daemon says is uploading.
+struct TargetView<'a> {
+    id: &'a str,
+    configured: bool,
+    counts: Option<&'a TargetStatus>,
+    done_last_hour: u64,
+    uploading: Vec<&'a InFlightJob>,
+    /// Closure paths left out on purpose (filters, upstream).
+    skips: Vec<&'a SkipCount>,
+}
+
+/// Configured targets in configuration order, then targets that only the
+/// queue knows (jobs left by an older configuration).
+fn targets(s: &Snapshot) -> Vec<TargetView<'_>> {
+    let mut ids: Vec<(&str, bool)> = s.configured.iter().map(|t| (t.as_str(), true)).collect();
+    for t in &s.status.targets {
+        if !ids.iter().any(|(id, _)| *id == t.target) {
+            ids.push((&t.target, false));
+        }
+    }
+    ids.into_iter()
+        .map(|(id, configured)| TargetView {
+            id,
+            configured,
+            counts: s.status.targets.iter().find(|t| t.target == id),
+            done_last_hour: s
+                .done_last_hour
+                .iter()
+                .find(|(t, _)| t == id)
+                .map_or(0, |d| d.1),
+            uploading: s
+                .daemon
+                .progress
+                .iter()
+                .flat_map(|p| &p.in_flight)
+                .filter(|j| j.target == id)
+                .collect(),
+            skips: s
+                .skip_counts
+                .iter()
+                .filter(|(t, _)| t == id)
+                .map(|(_, c)| c)
+                .collect(),
+        })
+        .collect()
+}
+
+pub(super) fn render(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let d = &s.daemon;
+    let _ = writeln!(
+        out,
+        "daemon: {} ({})",
+        if d.running { "running" } else { "NOT RUNNING" },
+        d.how
+    );
+    if !d.running {
+        out += "  nothing is uploaded until it runs; the queue below is kept\n";
+    }
+    if let Some(addr) = d.progress.as_ref().and_then(|p| p.metrics_address.as_ref()) {
+        let _ = writeln!(out, "metrics: http://{addr}/metrics");
+    }
+    if s.spooled > 0 {
+        let _ = writeln!(
+            out,
+            "spool: {} request(s) waiting for the daemon to ingest them",
+            s.spooled
+        );
+    }
+    if s.status.new_requests > 0 {
+        let age = s
+            .status
+            .oldest_new_request_at
+            .map(|at| format!(" (oldest {} ago)", human_duration(s.now - at)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "requests: {} not yet resolved into uploads{age}",
+            s.status.new_requests
+        );
+    }
+    if let Some(r) = &s.status.failing_request {
+        let _ = writeln!(
+            out,
+            "  ✗ request {}: {}",
+            r.id,
+            r.last_error.as_deref().unwrap_or("")
+        );
+    }
+    for t in targets(s) {
+        render_target(&mut out, s.now, &t, d.running && d.progress.is_some());
+    }
+    out
+}
+
+fn render_target(out: &mut String, now: i64, t: &TargetView<'_>, live: bool) {
+    let c = t.counts;
+    let n = |f: fn(&TargetStatus) -> u64| c.map_or(0, f);
+    let _ = writeln!(
+        out,
+        "\n{}{}",
+        t.id,
+        if t.configured {
+            ""
+        } else {
+            "   (no longer configured)"
+        }
+    );
+    let _ = writeln!(out, "  pending {}", n(|c| c.never_tried));
+    let _ = writeln!(out, "  in flight {}", n(|c| c.in_flight));
+    for j in &t.uploading {
+        let _ = writeln!(out, "    ↑ {}", uploading_line(j, now));
+    }
+    if n(|c| c.in_flight) > 0 && !live {
+        *out += "    (progress unknown: the daemon is not running or has not reported yet)\n";
+    }
+    let _ = writeln!(out, "  failing {}", n(|c| c.failing));
+    for j in c.iter().flat_map(|c| &c.recent_failures) {
+        let _ = writeln!(
+            out,
+            "    ✗ {} (attempt {}, next try {}): {}",
+            j.path,
+            j.attempts,
+            relative(j.next_attempt_at, now),
+            j.last_error.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(c) = c.filter(|c| c.failing > c.recent_failures.len() as u64) {
+        let _ = writeln!(
+            out,
+            "    … and {} more",
+            c.failing - c.recent_failures.len() as u64
+        );
+    }
+    let _ = writeln!(out, "  skipped {}", n(|c| c.skipped));
+    if !t.skips.is_empty() {
+        let parts: Vec<String> = t.skips.iter().map(|c| skip_label(c)).collect();
+        let _ = writeln!(out, "    paths left out on purpose: {}", parts.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "  done {} ({} in the last hour)",
+        n(|c| c.done),
+        t.done_last_hour
+    );
+}
+
+/// `12 signed by upstream key cache.nixos.org-1`, `3 excluded by "*.drv"`.
+fn skip_label(c: &SkipCount) -> String {
+    let (n, d) = (c.paths, &c.detail);
+    match c.reason.as_str() {
+        "upstream-key" => format!("{n} signed by upstream key {d}"),
+        "upstream-cache" => format!("{n} served by upstream cache {d}"),
+        "excluded" => format!("{n} excluded by {d:?}"),
+        "not-included" => format!("{n} matching no include pattern"),
+        other => format!("{n} {other} {d}"),
+    }
+}
+
+/// `foo-1.0: 12.3 MiB written, NAR 100.0 MiB, path 2 of 5, 4.1 MiB/s, for 3s`
+fn uploading_line(j: &InFlightJob, now: i64) -> String {
+    let mut line = format!("{}: {} written", j.path, human_bytes(j.written));
+    if let Some(size) = j.current_nar_size {
+        let _ = write!(
+            line,
+            " (current NAR {} of {})",
+            human_bytes(j.current_written),
+            human_bytes(size)
+        );
+    }
+    match j.to_upload {
+        Some(to_upload) if to_upload > 0 => {
+            let _ = write!(line, ", path {} of {to_upload}", j.nars_started.max(1));
+        }
+        Some(_) => line += ", checking",
+        None => line += ", computing the closure",
+    }
+    let _ = write!(
+        line,
+        ", {}/s, for {}",
+        human_bytes(j.bytes_per_second),
+        human_duration(now - j.started_at)
+    );
+    line
+}
+
+pub(super) fn to_json(s: &Snapshot) -> Value {
+    let d = &s.daemon;
+    json!({
+        "now": s.now,
+        "daemon": {
+            "running": d.running,
+            "detail": d.how,
+            "pid": d.progress.as_ref().map(|p| p.pid),
+            "metrics_address": d.progress.as_ref().and_then(|p| p.metrics_address.clone()),
+        },
+        "spooled_requests": s.spooled,
+        "new_requests": s.status.new_requests,
+        "oldest_new_request_at": s.status.oldest_new_request_at,
+        "failing_request": s.status.failing_request.as_ref().map(|r| json!({"id": r.id, "last_error": r.last_error})),
+        "targets": targets(s).iter().map(|t| {
+            let n = |f: fn(&TargetStatus) -> u64| t.counts.map_or(0, f);
+            json!({
+                "target": t.id,
+                "configured": t.configured,
+                "pending": n(|c| c.never_tried),
+                "failing": n(|c| c.failing),
+                "in_flight": n(|c| c.in_flight),
+                "skipped": n(|c| c.skipped),
+                "skipped_paths": t.skips.iter().map(|c| json!({
+                    "reason": c.reason,
+                    "detail": c.detail,
+                    "paths": c.paths,
+                })).collect::<Vec<_>>(),
+                "done": n(|c| c.done),
+                "done_last_hour": t.done_last_hour,
+                "uploading": t.uploading,
+                "recent_failures": t.counts.iter().flat_map(|c| &c.recent_failures).map(|j| json!({
+                    "path": j.path,
+                    "attempts": j.attempts,
+                    "last_error": j.last_error,
+                    "next_attempt_at": j.next_attempt_at,
+                    "next_attempt_in_secs": (j.next_attempt_at - s.now).max(0),
+                })).collect::<Vec<_>>(),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// `in 2m10s`, or `now` when due (or overdue: the daemon is busy or down).
+pub(crate) fn relative(at: i64, now: i64) -> String {
+    if at <= now {
+        "now".to_owned()
+    } else {
+        format!("in {}", human_duration(at - now))
+    }
+}
+
+/// Seconds as `45s`, `2m10s`, `1h05m`, `3d04h`: two units at most.
+pub(crate) fn human_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `12.3 MiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(-5), "0s");
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(60), "1m00s");
+        assert_eq!(human_duration(130), "2m10s");
+        assert_eq!(human_duration(3599), "59m59s");
+        assert_eq!(human_duration(3600 + 5 * 60 + 59), "1h05m");
+        assert_eq!(human_duration(86400 * 3 + 4 * 3600 + 1), "3d04h");
+        assert_eq!(relative(100, 100), "now");
+        assert_eq!(relative(90, 100), "now");
+        assert_eq!(relative(230, 100), "in 2m10s");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12_897_484), "12.3 MiB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn uploading_lines() {
+        let j = InFlightJob {
+            target: "file:///c".into(),
+            path: "aaaa-foo".into(),
+            started_at: 100,
+            closure_paths: Some(7),
+            to_upload: Some(5),
+            nars_started: 2,
+            current_nar_size: Some(100 << 20),
+            current_written: 12_897_484,
+            written: 20 << 20,
+            bytes_per_second: 4 << 20,
+        };
+        assert_eq!(
+            uploading_line(&j, 103),
+            "aaaa-foo: 20.0 MiB written (current NAR 12.3 MiB of 100.0 MiB), path 2 of 5, 4.0 MiB/s, for 3s"
+        );
+        let j = InFlightJob {
+            to_upload: None,
+            current_nar_size: None,
+            ..j
+        };
+        assert!(uploading_line(&j, 103).contains("computing the closure"));
+    }
+}

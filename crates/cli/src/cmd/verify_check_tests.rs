@@ -1,0 +1,281 @@
+//! The checks on made-up caches: a good path passes, and each kind of
+//! damage is reported as itself, without its consequences.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nix_outbox_core::Sha256Hash;
+use nix_outbox_core::keys::SecretKey;
+use nix_outbox_core::nar::write_nar;
+
+use super::*;
+
+const CACHE: &str = "file:///cache";
+
+fn sp(hash_char: char, name: &str) -> StorePath {
+    StorePath::from_base_name(&format!("{}-{name}", hash_char.to_string().repeat(32))).unwrap()
+}
+
+/// A small NAR of a real directory tree.
+fn nar_bytes() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("hello"), b"hello world\n").unwrap();
+    std::os::unix::fs::symlink("hello", root.join("link")).unwrap();
+    let mut out = Vec::new();
+    write_nar(&root, &mut out).unwrap();
+    out
+}
+
+/// A signed narinfo for `nar`, stored uncompressed.
+fn good(key: &SecretKey, nar: &[u8], references: &[StorePath]) -> NarInfo {
+    let sd = StoreDir::default();
+    let mut info = NarInfo {
+        store_path: sp('a', "x"),
+        url: "nar/x.nar".to_owned(),
+        compression: "none".to_owned(),
+        file_hash: Some(Sha256Hash::digest(nar)),
+        file_size: Some(nar.len() as u64),
+        nar_hash: Sha256Hash::digest(nar),
+        nar_size: nar.len() as u64,
+        references: references.iter().cloned().collect(),
+        deriver: None,
+        system: None,
+        sigs: BTreeSet::new(),
+        ca: None,
+    };
+    info.sign(&sd, key);
+    info
+}
+
+fn kinds(p: &[Problem]) -> Vec<&'static str> {
+    p.iter().map(|p| p.kind).collect()
+}
+
+#[test]
+fn a_good_narinfo_and_nar_pass() {
+    let (sd, key) = (StoreDir::default(), SecretKey::generate("k-1").unwrap());
+    let nar = nar_bytes();
+    let info = good(&key, &nar, &[]);
+    let text = info.render(&sd);
+    let (parsed, problems) = check_narinfo(
+        &sd,
+        &[key.public_key()],
+        CACHE,
+        info.store_path.hash_part(),
+        text.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(problems, vec![]);
+    let c = check_nar(&nar[..], &parsed, true);
+    assert!(c.problems.is_empty() && c.read_error.is_none(), "{c:?}");
+    let listing = c.listing.unwrap();
+    assert_eq!(
+        listing_problem(listing.to_json().as_bytes(), &listing),
+        None
+    );
+    // Nix's writer spaces and orders keys its own way: still equal.
+    let reordered = listing
+        .to_json()
+        .replace("{\"version\":1,", "{ \"version\" : 1 , ");
+    assert_eq!(listing_problem(reordered.as_bytes(), &listing), None);
+}
+
+#[test]
+fn tampered_fields_break_the_signature() {
+    let (sd, key) = (StoreDir::default(), SecretKey::generate("k-1").unwrap());
+    let nar = nar_bytes();
+    let mut info = good(&key, &nar, &[]);
+    info.references.insert(sp('b', "dep"));
+    let text = info.render(&sd);
+    let (_, problems) = check_narinfo(
+        &sd,
+        &[key.public_key()],
+        CACHE,
+        &"a".repeat(32),
+        text.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(kinds(&problems), ["signature"]);
+    assert!(
+        problems[0].message.contains("k-1 does not verify"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn signature_problems_say_which_keys() {
+    let sd = StoreDir::default();
+    let (key, other) = (
+        SecretKey::generate("k-1").unwrap(),
+        SecretKey::generate("other-1").unwrap(),
+    );
+    let mut info = good(&key, &nar_bytes(), &[]);
+    let m = signature_problem(&sd, &[other.public_key()], &info, "A").unwrap();
+    assert!(
+        m.contains("signed only by k-1") && m.contains("other-1"),
+        "{m}"
+    );
+    assert_eq!(
+        signature_problem(&sd, &[other.public_key(), key.public_key()], &info, "A"),
+        None
+    );
+    info.sigs.clear();
+    let m = signature_problem(&sd, &[key.public_key()], &info, "A").unwrap();
+    assert!(m.starts_with("not signed"), "{m}");
+    info.sigs.insert("k-1:garbage".to_owned());
+    let m = signature_problem(&sd, &[key.public_key()], &info, "A").unwrap();
+    assert!(m.contains("malformed"), "{m}");
+}
+
+#[test]
+fn a_narinfo_under_the_wrong_name_or_with_an_outside_url() {
+    let (sd, key) = (StoreDir::default(), SecretKey::generate("k-1").unwrap());
+    let mut info = good(&key, &nar_bytes(), &[]);
+    info.url = "../../etc/passwd".to_owned();
+    let text = info.render(&sd);
+    let (_, problems) = check_narinfo(
+        &sd,
+        &[key.public_key()],
+        CACHE,
+        &"c".repeat(32),
+        text.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(kinds(&problems), ["store-path-mismatch", "url"]);
+    let bad = check_narinfo(&sd, &[], CACHE, "h", b"StorePath: /nix/store/x\n").unwrap_err();
+    assert_eq!(bad.kind, "narinfo-invalid");
+}
+
+#[test]
+fn a_truncated_file_is_reported_as_such_and_nothing_more() {
+    let key = SecretKey::generate("k-1").unwrap();
+    let nar = nar_bytes();
+    let info = good(&key, &nar, &[]);
+    let c = check_nar(&nar[..100], &info, false);
+    assert_eq!(c.problems.len(), 1, "{c:?}");
+    assert_eq!(c.problems[0].0, "file-size");
+    assert!(
+        c.problems[0]
+            .1
+            .contains(&format!("truncated: 100 of {} bytes", nar.len())),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn altered_bytes_of_the_same_size_fail_the_file_hash() {
+    let key = SecretKey::generate("k-1").unwrap();
+    let nar = nar_bytes();
+    let info = good(&key, &nar, &[]);
+    let mut bad = nar.clone();
+    let i = bad.windows(5).position(|w| w == b"hello").unwrap();
+    bad[i] = b'j';
+    let c = check_nar(&bad[..], &info, false);
+    assert_eq!(
+        c.problems.iter().map(|p| p.0).collect::<Vec<_>>(),
+        ["file-hash"]
+    );
+    // Without FileHash/FileSize (optional fields), the NAR hash catches it.
+    let mut bare = info.clone();
+    bare.file_hash = None;
+    bare.file_size = None;
+    let c = check_nar(&bad[..], &bare, false);
+    assert_eq!(
+        c.problems.iter().map(|p| p.0).collect::<Vec<_>>(),
+        ["nar-hash"]
+    );
+}
+
+#[test]
+fn nar_size_trailing_data_invalid_nar_and_unknown_compression() {
+    let key = SecretKey::generate("k-1").unwrap();
+    let nar = nar_bytes();
+    let mut info = good(&key, &nar, &[]);
+    info.file_hash = None;
+    info.file_size = None;
+    info.nar_size += 8;
+    let c = check_nar(&nar[..], &info, false);
+    assert_eq!(
+        c.problems.iter().map(|p| p.0).collect::<Vec<_>>(),
+        ["nar-size"]
+    );
+    let mut longer = nar.clone();
+    longer.extend_from_slice(&[0; 8]);
+    let c = check_nar(&longer[..], &info, false);
+    assert_eq!(c.problems[0].0, "nar-trailing-data", "{c:?}");
+    let c = check_nar(&b"not a nar at all"[..], &info, false);
+    assert_eq!(
+        c.problems.iter().map(|p| p.0).collect::<Vec<_>>(),
+        ["nar-invalid"]
+    );
+    info.compression = "br".to_owned();
+    let c = check_nar(&nar[..], &info, false);
+    assert_eq!(c.problems[0].0, "compression-unsupported");
+}
+
+#[test]
+fn a_failing_reader_is_a_read_error_not_a_problem() {
+    struct Broken(usize);
+    impl Read for Broken {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::other("connection reset"));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(0);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    let key = SecretKey::generate("k-1").unwrap();
+    let info = good(&key, &nar_bytes(), &[]);
+    let c = check_nar(Broken(16), &info, false);
+    assert!(c.problems.is_empty(), "{c:?}");
+    assert_eq!(c.read_error.as_deref(), Some("connection reset"));
+}
+
+#[test]
+fn references_must_be_in_the_cache_as_themselves() {
+    let sd = StoreDir::default();
+    let (top, dep, gone) = (sp('a', "top"), sp('b', "dep"), sp('c', "gone"));
+    let mut found = BTreeMap::new();
+    let present = |p: &StorePath, refs: &[&StorePath]| Found::Present {
+        store_path: p.clone(),
+        references: refs.iter().map(|r| (*r).clone()).collect(),
+    };
+    found.insert(
+        top.hash_part().to_owned(),
+        present(&top, &[&top, &dep, &gone]),
+    );
+    // The cache has dep's hash, but for another name.
+    found.insert(dep.hash_part().to_owned(), present(&sp('b', "other"), &[]));
+    let problems = reference_problems(&sd, CACHE, &found);
+    assert_eq!(
+        kinds(&problems),
+        ["reference-mismatch", "reference-missing"]
+    );
+    assert!(
+        problems[1].message.contains(&sd.display(&gone)),
+        "{problems:?}"
+    );
+    assert!(problems.iter().all(|p| p.path == sd.display(&top)));
+    found.insert(dep.hash_part().to_owned(), present(&dep, &[]));
+    found.insert(gone.hash_part().to_owned(), Found::Unusable);
+    assert_eq!(reference_problems(&sd, CACHE, &found), vec![]);
+}
+
+#[test]
+fn path_arguments_in_three_spellings() {
+    let sd = StoreDir::default();
+    let h = "a".repeat(32);
+    for arg in [format!("/nix/store/{h}-x"), format!("{h}-x"), h.clone()] {
+        assert_eq!(hash_of_arg(&sd, &arg), Ok(h.clone()), "{arg}");
+    }
+    assert!(
+        hash_of_arg(&sd, "/tmp/x")
+            .unwrap_err()
+            .contains("/nix/store")
+    );
+    assert!(hash_of_arg(&sd, "hello").is_err());
+}

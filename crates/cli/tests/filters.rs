@@ -1,0 +1,229 @@
+//! What is uploaded, against the host's real Nix through the hook: paths
+//! validly signed by an upstream key are skipped (a forged signature with
+//! the same key name is not enough), paths an upstream cache has are
+//! skipped while an unreachable upstream blocks nothing, include/exclude
+//! patterns apply to every path of a closure, and a bad pattern is a
+//! configuration error naming it.
+
+mod support;
+
+use std::io::Write as _;
+use std::path::Path;
+
+use nix_outbox_testkit as tk;
+use support::{Outbox, build_via, delete_and_substitute};
+
+/// Appends TOML lines to the outbox's configuration.
+fn configure(outbox: &Outbox, lines: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&outbox.config)
+        .unwrap();
+    writeln!(f, "{lines}").unwrap();
+}
+
+/// `nix store sign -k SK PATH` on the local store (as the manual's hook does).
+fn sign(sk: &Path, path: &str) {
+    tk::run(
+        tk::nix()
+            .env_remove("NIX_REMOTE")
+            .args(["store", "sign", "-k"])
+            .arg(sk)
+            .arg(path),
+    );
+}
+
+/// The `skipped_paths` entries of the only target in `status --json`, as
+/// (reason, detail, paths).
+fn skipped_paths(outbox: &Outbox) -> Vec<(String, String, u64)> {
+    let status = outbox.status_json();
+    let target = &status["targets"][0];
+    target["skipped_paths"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no skipped_paths in {status}"))
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap().to_owned(),
+                e["detail"].as_str().unwrap().to_owned(),
+                e["paths"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn paths_validly_signed_by_an_upstream_key_are_skipped_forged_ones_are_not() {
+    let mut outbox = Outbox::new("zstd");
+    let keys = tempfile::tempdir().unwrap();
+    for d in ["up", "forger"] {
+        std::fs::create_dir(keys.path().join(d)).unwrap();
+    }
+    let (up_sk, up_pk) = tk::nix_generate_key(&keys.path().join("up"), "upstream-test-1");
+    // The same key name with another key: what anyone can write.
+    let (forged_sk, _) = tk::nix_generate_key(&keys.path().join("forger"), "upstream-test-1");
+    let up_pk = std::fs::read_to_string(&up_pk).unwrap();
+    configure(&outbox, &format!("upstream-keys = [{:?}]", up_pk.trim()));
+
+    let n = tk::nonce();
+    let dep = tk::sh_derivation(&format!("sig-dep-{n}"), &["out"], "echo dep > $out");
+    let forged = tk::sh_derivation(&format!("sig-forged-{n}"), &["out"], "echo f > $out");
+    let deps = tk::nix_build(&format!("[ ({dep}) ({forged}) ]"));
+    let (dep_path, forged_path) = (&deps[0], &deps[1]);
+    sign(&up_sk, dep_path);
+    sign(&forged_sk, forged_path);
+
+    let nix = outbox.nix_daemon();
+    outbox.start(Some(&nix.socket));
+    let root = tk::sh_derivation(
+        &format!("sig-root-{n}"),
+        &["out"],
+        "echo ${dep} ${forged} > $out",
+    );
+    let root_path = build_via(
+        &nix,
+        &format!("let dep = {dep}; forged = {forged}; in {root}"),
+    )
+    .remove(0);
+    outbox.wait();
+
+    assert!(outbox.has(&root_path), "{}", outbox.log());
+    assert!(
+        !outbox.has(dep_path),
+        "the upstream-signed dependency was uploaded"
+    );
+    assert!(
+        outbox.has(forged_path),
+        "a path with a forged upstream signature must be uploaded: {}",
+        outbox.log()
+    );
+    assert_eq!(
+        skipped_paths(&outbox),
+        [("upstream-key".into(), "upstream-test-1".into(), 1)]
+    );
+    let status = outbox.status_json();
+    assert_eq!(status["targets"][0]["failing"], 0, "{status}");
+    outbox.assert_cache_valid();
+}
+
+#[test]
+fn paths_an_upstream_cache_has_are_skipped_and_an_unreachable_upstream_blocks_nothing() {
+    let mut outbox = Outbox::new("zstd");
+    let up = tempfile::tempdir().unwrap();
+    let (up_sk, up_pk) = tk::nix_generate_key(up.path(), "upstream-cache-test-1");
+    let up_pk = std::fs::read_to_string(&up_pk).unwrap();
+    let up_cache = up.path().join("cache");
+    let up_url = format!("file://{}", up_cache.display());
+    // An upstream that accepts connections and never answers (we hold the
+    // listener and never accept): asked first, it must cost a timeout,
+    // not the upload.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    configure(
+        &outbox,
+        &format!("upstream-keys = []\nupstream-caches = [{hung_url:?}, {up_url:?}]"),
+    );
+
+    let n = tk::nonce();
+    let dep = tk::sh_derivation(&format!("upc-dep-{n}"), &["out"], "echo dep > $out");
+    let dep_path = tk::nix_build(&dep).remove(0);
+    sign(&up_sk, &dep_path);
+    tk::nix_copy_to(&up_url, &[&dep_path]);
+
+    let nix = outbox.nix_daemon();
+    outbox.start(Some(&nix.socket));
+    let root = tk::sh_derivation(&format!("upc-root-{n}"), &["out"], "echo ${dep} > $out");
+    let root_path = build_via(&nix, &format!("let dep = {dep}; in {root}")).remove(0);
+    // A second build while the hung upstream counts as down.
+    let other = tk::sh_derivation(&format!("upc-other-{n}"), &["out"], "echo o > $out");
+    let other_path = build_via(&nix, &other).remove(0);
+    outbox.wait();
+
+    assert!(outbox.has(&root_path), "{}", outbox.log());
+    assert!(outbox.has(&other_path), "{}", outbox.log());
+    assert!(
+        !outbox.has(&dep_path),
+        "the dependency upstream serves was uploaded"
+    );
+    assert_eq!(
+        skipped_paths(&outbox),
+        [("upstream-cache".into(), up_url.clone(), 1)]
+    );
+    let log = outbox.log();
+    assert_eq!(
+        log.matches("cannot be asked").count(),
+        1,
+        "one warning per outage:\n{log}"
+    );
+    outbox.assert_cache_valid();
+    drop(hung);
+
+    // Clients substitute from our cache and the upstream together.
+    delete_and_substitute(
+        &format!("{} {up_url}", outbox.cache_url()),
+        &format!("{} {}", outbox.public_key.trim(), up_pk.trim()),
+        &[root_path],
+    );
+}
+
+#[test]
+fn include_and_exclude_patterns_apply_to_every_path_of_a_closure() {
+    let mut outbox = Outbox::new("zstd");
+    configure(
+        &outbox,
+        "upstream-keys = []\ninclude = [\"pat-*\"]\nexclude = [\"*-skipme\"]",
+    );
+    let nix = outbox.nix_daemon();
+    outbox.start(Some(&nix.socket));
+    let n = tk::nonce();
+    let dep = tk::sh_derivation(&format!("pat-dep-{n}-skipme"), &["out"], "echo d > $out");
+    let root = tk::sh_derivation(&format!("pat-root-{n}"), &["out"], "echo ${dep} > $out");
+    let other = tk::sh_derivation(&format!("other-{n}"), &["out"], "echo o > $out");
+    let outs = build_via(&nix, &format!("let dep = {dep}; in [ ({root}) ({other}) ]"));
+    let (root_path, other_path) = (&outs[0], &outs[1]);
+    let dep_path = tk::closure(std::slice::from_ref(root_path))
+        .into_iter()
+        .find(|p| p.ends_with("-skipme"))
+        .unwrap();
+    outbox.wait();
+
+    assert!(outbox.has(root_path), "{}", outbox.log());
+    assert!(!outbox.has(&dep_path), "excluded dependency was uploaded");
+    assert!(
+        !outbox.has(other_path),
+        "a path no include matches was uploaded"
+    );
+    let mut skips = skipped_paths(&outbox);
+    skips.sort();
+    assert_eq!(
+        skips,
+        [
+            ("excluded".into(), "*-skipme".into(), 1),
+            ("not-included".into(), String::new(), 1)
+        ]
+    );
+    // Outputs left out are settled jobs, with their reason: `other` and
+    // the dependency, which was built (so hooked) in the same nix-build.
+    let status = outbox.status_json();
+    assert_eq!(status["targets"][0]["skipped"], 2, "{status}");
+    assert_eq!(status["targets"][0]["failing"], 0, "{status}");
+    let text = String::from_utf8_lossy(&outbox.cli(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("1 excluded by \"*-skipme\"") && text.contains("1 matching no include"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_pattern_is_a_configuration_error_naming_it() {
+    let outbox = Outbox::new("zstd");
+    configure(&outbox, "exclude = [\"*.drv\", \"[oops\"]");
+    let out = outbox.cli(&["check-config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("exclude pattern \"[oops\"")
+            && stderr.contains(&outbox.config.display().to_string()),
+        "{stderr}"
+    );
+}

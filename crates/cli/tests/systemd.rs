@@ -1,0 +1,504 @@
+//! systemd integration without systemd as PID 1: the installed units pass
+//! `systemd-analyze verify`; the daemon takes its socket from
+//! `systemd-socket-activate` and from a harness that hands one listening
+//! socket to successive daemons (a hook connecting between them waits in
+//! the backlog and is acknowledged by the next); READY=1 and STOPPING=1
+//! reach a NOTIFY_SOCKET; SIGTERM drains in-flight uploads within
+//! stop-timeout-secs, through a throttled HTTP target.
+//!
+//! Deadlines only turn a hang into a failure showing the daemon's log;
+//! nothing here asserts how long anything takes.
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix_outbox_testkit as tk;
+use support::{Outbox, has_narinfo, hook_bin, outbox_bin};
+use tk::fault_proxy::{Fault, FaultProxy, Plan};
+
+/// Generous: only a hang comes near it.
+const HANG: Duration = Duration::from_secs(180);
+
+/// Sets the config's hook timeout high (the hook must wait for a daemon
+/// being started, not spool) and appends `extra`.
+fn configure(outbox: &Outbox, extra: &str) {
+    let text = std::fs::read_to_string(&outbox.config).unwrap();
+    let text = text.replace("hook-timeout-ms = 3000\n", "hook-timeout-ms = 120000\n");
+    std::fs::write(&outbox.config, format!("{text}{extra}")).unwrap();
+}
+
+/// A fresh store path of about `bytes` random bytes, built in the host store.
+fn fresh_path(tag: &str, bytes: usize) -> String {
+    let expr = tk::sh_derivation(
+        &format!("systemd-{tag}-{}", tk::nonce()),
+        &["out"],
+        &format!("head -c {bytes} /dev/urandom > $out"),
+    );
+    tk::nix_build(&expr).remove(0)
+}
+
+/// A daemon process started by a test; killed (SIGKILL) when dropped.
+struct Running(Child);
+
+impl Running {
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.0.id() as i32, sig) }, 0);
+    }
+
+    /// Waits for the exit (a hang fails with the log).
+    fn wait(&mut self, outbox: &Outbox) -> std::process::ExitStatus {
+        let deadline = Instant::now() + HANG;
+        loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit:\n{}",
+                outbox.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `nix-outbox daemon` for `outbox`, logging to its log. With `socket`, the
+/// daemon inherits it as fd 3 with LISTEN_FDS=1 and LISTEN_PID set to its
+/// own pid (known only after fork: a shell sets it to `$$` and execs the
+/// daemon, which keeps the pid), as systemd does.
+fn spawn_daemon(outbox: &Outbox, socket: Option<&UnixListener>, notify: Option<&Path>) -> Running {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(outbox.dir.path().join("outbox.log"))
+        .unwrap();
+    let mut cmd = match socket {
+        None => Command::new(outbox_bin()),
+        Some(listener) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
+                .arg(outbox_bin());
+            let fd = listener.as_raw_fd();
+            // SAFETY: only async-signal-safe calls (dup2, fcntl) after fork.
+            unsafe {
+                c.pre_exec(move || {
+                    let rc = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, 3)
+                    };
+                    if rc < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            c
+        }
+    };
+    cmd.args(["daemon", "--config"])
+        .arg(&outbox.config)
+        .env("RUST_LOG", "info,nix_daemon=warn")
+        .env_remove("NIX_REMOTE")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("NOTIFY_SOCKET");
+    if let Some(n) = notify {
+        cmd.env("NOTIFY_SOCKET", n);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Running(child)
+}
+
+/// A NOTIFY_SOCKET bound by the test.
+struct Notify {
+    sock: UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl Notify {
+    fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(HANG)).unwrap();
+        Self { sock, path }
+    }
+
+    /// The next datagram containing `state` (e.g. `READY=1`).
+    fn expect(&self, state: &str, outbox: &Outbox) -> String {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = self
+                .sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {state} on NOTIFY_SOCKET ({e}):\n{}", outbox.log()));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == state) {
+                return msg;
+            }
+        }
+    }
+}
+
+/// Sends one hook request for `path` on an open connection.
+fn send_request(stream: &mut UnixStream, path: &str) {
+    stream
+        .write_all(format!("nix-outbox-hook 1\nout {path}\nend\n").as_bytes())
+        .unwrap();
+}
+
+/// Reads the daemon's one-line reply.
+fn read_reply(stream: &mut UnixStream) -> String {
+    stream.set_read_timeout(Some(HANG)).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// Waits until the daemon accepts on its socket.
+fn wait_for_socket(outbox: &Outbox) {
+    let deadline = Instant::now() + HANG;
+    while UnixStream::connect(outbox.socket()).is_err() {
+        assert!(Instant::now() < deadline, "{}", outbox.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn installed_units_pass_systemd_analyze_verify() {
+    assert!(
+        Command::new("systemd-analyze")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "systemd-analyze is missing: apt-get install systemd (scripts/test.sh does)"
+    );
+    let outbox = Outbox::new("zstd");
+    let units = outbox.dir.path().join("units");
+    let out = Command::new(outbox_bin())
+        .args(["install-systemd", "--prefix"])
+        .arg(&units)
+        .arg("--config")
+        .arg(&outbox.config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = std::fs::canonicalize(outbox_bin()).unwrap();
+    assert!(
+        stdout.contains(
+            "systemctl daemon-reload && systemctl enable --now nix-outbox.socket nix-outbox.service"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "post-build-hook = {}",
+            bin.with_file_name("nix-outbox-hook").display()
+        )),
+        "{stdout}"
+    );
+    let service = std::fs::read_to_string(units.join("nix-outbox.service")).unwrap();
+    let socket = std::fs::read_to_string(units.join("nix-outbox.socket")).unwrap();
+    let config = std::fs::canonicalize(&outbox.config).unwrap();
+    for line in [
+        format!(
+            "ExecStart={} daemon --config {}",
+            bin.display(),
+            config.display()
+        ),
+        format!(
+            "ReadWritePaths={}",
+            outbox.dir.path().join("state").display()
+        ),
+        format!("ReadWritePaths={}", outbox.cache.display()),
+        "Type=notify".to_owned(),
+    ] {
+        assert!(service.lines().any(|l| l == line), "{line} in:\n{service}");
+    }
+    let listen = format!("ListenStream={}", outbox.socket().display());
+    assert!(socket.lines().any(|l| l == listen), "{socket}");
+
+    let verify = |dir: &Path| {
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(dir.join("nix-outbox.service"))
+            .arg(dir.join("nix-outbox.socket"))
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&units);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And verify does check here: a unit whose binary is missing fails.
+    let broken = outbox.dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(
+        broken.join("nix-outbox.service"),
+        service.replace(
+            &format!("ExecStart={}", bin.display()),
+            "ExecStart=/nonexistent/nix-outbox",
+        ),
+    )
+    .unwrap();
+    std::fs::write(broken.join("nix-outbox.socket"), &socket).unwrap();
+    let out = verify(&broken);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("/nonexistent/nix-outbox"),
+        "verify accepted a missing binary: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn systemd_socket_activate_starts_the_daemon_for_the_first_hook() {
+    let outbox = Outbox::new("zstd");
+    configure(&outbox, "");
+    let path = fresh_path("activate", 1000);
+    let log = std::fs::File::create(outbox.dir.path().join("outbox.log")).unwrap();
+    // No daemon runs until the first connection; systemd-socket-activate
+    // then execs it (same pid) with the listening socket as fd 3.
+    let mut activator = Running(
+        Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(outbox.socket())
+            .args(["-E", "RUST_LOG=info,nix_daemon=warn"])
+            .arg(outbox_bin())
+            .args(["daemon", "--config"])
+            .arg(&outbox.config)
+            .env_remove("NIX_REMOTE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + HANG;
+    while !outbox.socket().exists() {
+        assert!(Instant::now() < deadline, "no socket: {}", outbox.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hook = Command::new(hook_bin())
+        .env("NIX_OUTBOX_CONFIG", &outbox.config)
+        .env("OUT_PATHS", &path)
+        .env("DRV_PATH", "")
+        .output()
+        .unwrap();
+    let hook_err = String::from_utf8_lossy(&hook.stderr);
+    assert!(hook.status.success(), "{hook_err}");
+    assert_eq!(
+        outbox.spooled(),
+        0,
+        "the hook spooled: {hook_err}\n{}",
+        outbox.log()
+    );
+    assert!(
+        outbox.log().contains("(socket from systemd)"),
+        "{}",
+        outbox.log()
+    );
+    outbox.wait();
+    assert!(outbox.has(&path), "{}", outbox.log());
+    outbox.assert_cache_valid();
+    activator.signal(libc::SIGTERM);
+    let status = activator.wait(&outbox);
+    assert!(status.success(), "{status}: {}", outbox.log());
+    assert!(outbox.socket().exists(), "the inherited socket was removed");
+}
+
+#[test]
+fn a_hook_waits_in_the_backlog_while_the_daemon_restarts() {
+    let outbox = Outbox::new("zstd");
+    configure(&outbox, "");
+    let (first, second) = (fresh_path("first", 1000), fresh_path("second", 1000));
+    let listener = UnixListener::bind(outbox.socket()).unwrap();
+    let notify = Notify::bind(outbox.dir.path());
+
+    let mut a = spawn_daemon(&outbox, Some(&listener), Some(&notify.path));
+    notify.expect("READY=1", &outbox);
+    let mut conn = UnixStream::connect(outbox.socket()).unwrap();
+    send_request(&mut conn, &first);
+    assert!(read_reply(&mut conn).starts_with("ok "), "{}", outbox.log());
+    a.signal(libc::SIGKILL);
+    a.wait(&outbox);
+
+    // No daemon runs: the connection is queued by the kernel, and the
+    // request waits in the socket buffer.
+    let mut waiting = UnixStream::connect(outbox.socket()).unwrap();
+    send_request(&mut waiting, &second);
+    let mut b = spawn_daemon(&outbox, Some(&listener), Some(&notify.path));
+    let reply = read_reply(&mut waiting);
+    assert!(reply.starts_with("ok "), "{reply:?}: {}", outbox.log());
+    notify.expect("READY=1", &outbox);
+    outbox.wait();
+    assert!(
+        outbox.has(&first) && outbox.has(&second),
+        "{}",
+        outbox.log()
+    );
+
+    b.signal(libc::SIGTERM);
+    notify.expect("STOPPING=1", &outbox);
+    let status = b.wait(&outbox);
+    assert!(status.success(), "{status}: {}", outbox.log());
+    assert!(outbox.socket().exists(), "the inherited socket was removed");
+}
+
+#[test]
+fn ready_after_listening_then_stopping_on_sigterm() {
+    let outbox = Outbox::new("zstd");
+    let notify = Notify::bind(outbox.dir.path());
+    let mut d = spawn_daemon(&outbox, None, Some(&notify.path));
+    let ready = notify.expect("READY=1", &outbox);
+    assert!(ready.contains("STATUS="), "{ready}");
+    // READY=1 means the socket accepts and the queue is open.
+    let path = fresh_path("ready", 1000);
+    let mut conn = UnixStream::connect(outbox.socket()).unwrap();
+    send_request(&mut conn, &path);
+    assert!(read_reply(&mut conn).starts_with("ok "), "{}", outbox.log());
+    outbox.wait();
+    d.signal(libc::SIGTERM);
+    notify.expect("STOPPING=1", &outbox);
+    let status = d.wait(&outbox);
+    assert!(status.success(), "{status}: {}", outbox.log());
+    assert!(
+        !outbox.socket().exists(),
+        "a socket the daemon bound stays behind"
+    );
+}
+
+/// An outbox uploading over HTTP (nginx) through a throttling proxy, with
+/// `stop-timeout-secs`.
+fn slow_http(web: &tk::webdav::WebDavServer, stop_timeout: u64) -> (FaultProxy, Outbox) {
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{}", web.port));
+    let base = proxy.url("cache");
+    let outbox = Outbox::with_targets(|_| vec![format!("{base}?compression=none")], &[]);
+    configure(&outbox, &format!("stop-timeout-secs = {stop_timeout}\n"));
+    (proxy, outbox)
+}
+
+/// Enqueues `path` and waits until its upload is in flight.
+fn start_upload(outbox: &Outbox, path: &str) {
+    let out = outbox.cli(&["push", path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + HANG;
+    loop {
+        let s = outbox.status_json();
+        if s["targets"][0]["in_flight"] == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never in flight: {s}\n{}",
+            outbox.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_lets_the_upload_in_flight_finish_and_still_acknowledges_hooks() {
+    let web = tk::webdav::WebDavServer::start();
+    let (proxy, outbox) = slow_http(&web, 600);
+    // About 5 s at this rate: SIGTERM comes well within it.
+    let path = fresh_path("drained", 1 << 20);
+    proxy.set_plan(Plan::Always(Fault::Throttle {
+        bytes_per_sec: 200_000,
+    }));
+    let mut d = spawn_daemon(&outbox, None, None);
+    let late = fresh_path("late", 1000);
+    wait_for_socket(&outbox);
+    start_upload(&outbox, &path);
+    d.signal(libc::SIGTERM);
+    let deadline = Instant::now() + HANG;
+    while !outbox
+        .log()
+        .contains("waiting up to 600s for 1 upload(s) in flight")
+    {
+        assert!(Instant::now() < deadline, "{}", outbox.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Draining: hooks are still acknowledged (committed for the next start).
+    let mut conn = UnixStream::connect(outbox.socket()).unwrap();
+    send_request(&mut conn, &late);
+    assert!(read_reply(&mut conn).starts_with("ok "), "{}", outbox.log());
+    let status = d.wait(&outbox);
+    assert!(status.success(), "{status}: {}", outbox.log());
+    let cache = web.root().join("cache");
+    assert!(has_narinfo(&cache, &path), "not finished: {}", outbox.log());
+    assert!(
+        !outbox.log().contains("stop-timeout-secs"),
+        "{}",
+        outbox.log()
+    );
+    let s = outbox.status_json();
+    assert_eq!(s["targets"][0]["done"], 1, "{s}");
+    assert_eq!(s["targets"][0]["in_flight"], 0, "{s}");
+}
+
+#[test]
+fn sigterm_leaves_an_upload_past_stop_timeout_queued() {
+    let web = tk::webdav::WebDavServer::start();
+    let (proxy, outbox) = slow_http(&web, 1);
+    // Minutes at this rate: only the bound can end the drain.
+    let path = fresh_path("cut", 4 << 20);
+    proxy.set_plan(Plan::Always(Fault::Throttle {
+        bytes_per_sec: 16_000,
+    }));
+    let mut d = spawn_daemon(&outbox, None, None);
+    wait_for_socket(&outbox);
+    start_upload(&outbox, &path);
+    d.signal(libc::SIGTERM);
+    let status = d.wait(&outbox);
+    assert!(status.success(), "{status}: {}", outbox.log());
+    let log = outbox.log();
+    assert!(
+        log.contains("stop-timeout-secs (1s) reached with uploads still in flight"),
+        "{log}"
+    );
+    let cache = web.root().join("cache");
+    assert!(!has_narinfo(&cache, &path), "{log}");
+    // Still queued, and uploaded by the next daemon.
+    let s = outbox.status_json();
+    assert_eq!(s["targets"][0]["in_flight"], 1, "{s}");
+    proxy.set_plan(Plan::Pass);
+    let _d = spawn_daemon(&outbox, None, None);
+    outbox.wait();
+    assert!(has_narinfo(&cache, &path), "{}", outbox.log());
+    outbox.assert_cache_valid_at(&cache);
+}

@@ -1,0 +1,392 @@
+//! Reading a binary cache back, as a substituting client would: small
+//! files (`nix-cache-info`, narinfos, `.ls` listings) whole, NARs as a
+//! blocking byte stream, and the list of narinfos where the cache can be
+//! listed. For `nix-outbox verify`.
+//!
+//! The same URLs as targets ([`TargetConfig`]), and the same clients and
+//! credentials: `file://` directly, `s3://` and `http(s)://` through
+//! object_store. Keys come from narinfos, which are untrusted input, so a
+//! key that could leave the cache (`..`, an absolute path, a URL) is
+//! refused ([`is_cache_key`]).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
+use object_store::GetOptions;
+use object_store::path::Path as ObjectPath;
+
+use crate::error::{RemoteErrorKind, UploadError};
+use crate::object_target::ObjectStoreTarget;
+use crate::remote::Remote;
+use crate::target_url::{TargetConfig, TargetLocation};
+
+/// Largest small file read whole: a narinfo is a few KiB, but a `.ls`
+/// listing of a big tree can reach tens of MiB.
+pub const MAX_SMALL_FILE: u64 = 256 * 1024 * 1024;
+
+/// How long a NAR download may go without receiving a byte. Long enough
+/// for a slow server, short enough that a stalled one ends the check.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// A cache opened for reading.
+pub struct CacheReader {
+    id: String,
+    kind: Kind,
+}
+
+enum Kind {
+    File { root: PathBuf },
+    Object { remote: Remote, listable: bool },
+}
+
+/// A NAR (or any file) being read from a cache. Blocking: use it from a
+/// blocking thread (`spawn_blocking`), never on an async worker.
+pub struct BlobReader {
+    inner: BlobInner,
+}
+
+enum BlobInner {
+    File(File),
+    Stream {
+        handle: tokio::runtime::Handle,
+        stream: BoxStream<'static, object_store::Result<Bytes>>,
+        chunk: Bytes,
+        remote: Remote,
+        key: String,
+    },
+}
+
+/// Whether `key` names an object inside the cache: relative, made of
+/// plain components (no `.`, `..` or empty ones), without a URL scheme,
+/// query or fragment.
+pub fn is_cache_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.contains(['\\', '?', '#', '\0'])
+        && !key.contains("://")
+        && key.split('/').all(|c| !matches!(c, "" | "." | ".."))
+}
+
+impl CacheReader {
+    /// Opens the cache a URL describes (encoding parameters are ignored).
+    /// Sends nothing yet.
+    pub fn open(cfg: &TargetConfig) -> Result<Self, UploadError> {
+        let id = cfg.id();
+        let kind = match &cfg.location {
+            TargetLocation::File { root } => Kind::File { root: root.clone() },
+            TargetLocation::S3 { .. } | TargetLocation::Http { .. } => {
+                // Reading needs no multipart machinery.
+                let mut cfg = cfg.clone();
+                cfg.multipart_upload = false;
+                let target = ObjectStoreTarget::open(&cfg)?;
+                Kind::Object {
+                    remote: target.remote().clone(),
+                    // Plain HTTP caches answer no listing requests (nginx's
+                    // WebDAV has no PROPFIND), and Nix never lists them.
+                    listable: matches!(cfg.location, TargetLocation::S3 { .. }),
+                }
+            }
+        };
+        Ok(Self { id, kind })
+    }
+
+    /// The cache's identity, as in messages.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether [`list_narinfos`](Self::list_narinfos) can work here.
+    pub fn can_list(&self) -> bool {
+        match &self.kind {
+            Kind::File { .. } => true,
+            Kind::Object { listable, .. } => *listable,
+        }
+    }
+
+    /// The hash parts of every `<hash>.narinfo` at the top of the cache,
+    /// sorted, plus the names of other `*.narinfo` entries (not a store
+    /// path's hash part: nothing a client would ask for).
+    pub async fn list_narinfos(&self) -> Result<(Vec<String>, Vec<String>), UploadError> {
+        let names: Vec<String> = match &self.kind {
+            Kind::File { root } => {
+                let (root, id) = (root.clone(), self.id.clone());
+                tokio::task::spawn_blocking(move || {
+                    let err = |e| UploadError::TargetIo {
+                        target: id.clone(),
+                        op: "list",
+                        path: root.display().to_string(),
+                        source: e,
+                    };
+                    let mut names = Vec::new();
+                    for entry in std::fs::read_dir(&root).map_err(err)? {
+                        let entry = entry.map_err(err)?;
+                        names.push(entry.file_name().to_string_lossy().into_owned());
+                    }
+                    Ok::<_, UploadError>(names)
+                })
+                .await
+                .map_err(|e| UploadError::Internal(format!("listing task failed: {e}")))??
+            }
+            Kind::Object { remote, listable } => {
+                if !listable {
+                    return Err(UploadError::Internal(format!(
+                        "{} cannot be listed",
+                        self.id
+                    )));
+                }
+                // With a delimiter, only the top level: not every NAR too.
+                let fut = remote.store.list_with_delimiter(None);
+                let listed = remote.deadline("list", "/", 0, fut).await?;
+                listed
+                    .objects
+                    .into_iter()
+                    .map(|o| o.location.as_ref().to_owned())
+                    .collect()
+            }
+        };
+        let (mut good, mut odd) = (Vec::new(), Vec::new());
+        for name in names {
+            let Some(stem) = name.strip_suffix(".narinfo") else {
+                continue;
+            };
+            let ok = stem.len() == nix_outbox_core::store_path::HASH_PART_LEN
+                && nix_outbox_core::nixbase32::is_valid_str(stem);
+            if ok {
+                good.push(stem.to_owned());
+            } else {
+                odd.push(name);
+            }
+        }
+        good.sort();
+        odd.sort();
+        Ok((good, odd))
+    }
+
+    /// Reads a small file whole; `None` if it does not exist. Refuses
+    /// files over [`MAX_SMALL_FILE`] bytes.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, UploadError> {
+        let Some(mut blob) = self.open_blob(key).await? else {
+            return Ok(None);
+        };
+        let (key, id) = (key.to_owned(), self.id.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            let n = (&mut blob)
+                .take(MAX_SMALL_FILE + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| read_error(&id, &key, e))?;
+            if n as u64 > MAX_SMALL_FILE {
+                return Err(UploadError::Internal(format!(
+                    "{id}: {key} is over {MAX_SMALL_FILE} bytes, too large for what it should be"
+                )));
+            }
+            Ok(Some(buf))
+        })
+        .await
+        .map_err(|e| UploadError::Internal(format!("read task failed: {e}")))?
+    }
+
+    /// Opens `key` for streaming; `None` if it does not exist. Errors
+    /// while reading come out of the reader as `io::Error`s wrapping an
+    /// [`UploadError`].
+    pub async fn open_blob(&self, key: &str) -> Result<Option<BlobReader>, UploadError> {
+        if !is_cache_key(key) {
+            return Err(UploadError::Internal(format!(
+                "{key:?} is not a key inside the cache"
+            )));
+        }
+        match &self.kind {
+            Kind::File { root } => {
+                let path = root.join(key);
+                let id = self.id.clone();
+                tokio::task::spawn_blocking(move || match File::open(&path) {
+                    Ok(f) => Ok(Some(BlobReader {
+                        inner: BlobInner::File(f),
+                    })),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(UploadError::TargetIo {
+                        target: id,
+                        op: "open",
+                        path: path.display().to_string(),
+                        source: e,
+                    }),
+                })
+                .await
+                .map_err(|e| UploadError::Internal(format!("open task failed: {e}")))?
+            }
+            Kind::Object { remote, .. } => {
+                let path = ObjectPath::from(key);
+                let fut = remote.store.get_opts(&path, GetOptions::new());
+                match remote.deadline("read", key, 0, fut).await {
+                    Ok(got) => Ok(Some(BlobReader {
+                        inner: BlobInner::Stream {
+                            handle: tokio::runtime::Handle::current(),
+                            stream: got.into_stream(),
+                            chunk: Bytes::new(),
+                            remote: remote.clone(),
+                            key: key.to_owned(),
+                        },
+                    })),
+                    Err(e) if is_missing_key(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// A 404 for the key itself, not for the whole bucket (`NoSuchBucket`
+/// must not pass for an empty cache).
+fn is_missing_key(e: &UploadError) -> bool {
+    matches!(e, UploadError::Remote { kind: RemoteErrorKind::NotFound, detail, .. }
+        if !detail.contains("NoSuchBucket"))
+}
+
+fn read_error(id: &str, key: &str, e: io::Error) -> UploadError {
+    // An error from a remote stream already is an UploadError.
+    match e.downcast::<UploadError>() {
+        Ok(u) => u,
+        Err(e) => UploadError::TargetIo {
+            target: id.to_owned(),
+            op: "read",
+            path: key.to_owned(),
+            source: e,
+        },
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            BlobInner::File(f) => f.read(buf),
+            BlobInner::Stream {
+                handle,
+                stream,
+                chunk,
+                remote,
+                key,
+            } => {
+                while chunk.is_empty() {
+                    let next = handle.block_on(tokio::time::timeout(STALL_LIMIT, stream.next()));
+                    *chunk = match next {
+                        Ok(None) => return Ok(0),
+                        Ok(Some(Ok(b))) => b,
+                        Ok(Some(Err(e))) => {
+                            return Err(io::Error::other(remote.error("read", key, e)));
+                        }
+                        Err(_) => {
+                            return Err(io::Error::other(UploadError::Remote {
+                                target: remote.id.to_string(),
+                                op: "read",
+                                key: key.clone(),
+                                kind: RemoteErrorKind::Unavailable,
+                                detail: format!(
+                                    "no data for {} s: the server stalled",
+                                    STALL_LIMIT.as_secs()
+                                ),
+                            }));
+                        }
+                    };
+                }
+                let n = buf.len().min(chunk.len());
+                buf[..n].copy_from_slice(&chunk.split_to(n));
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// A reader that decompresses a NAR stored with Nix's `Compression:`
+/// value `name`; `None` for methods we cannot read (`br`, `lzip`, …).
+pub fn decompressor<'a>(
+    name: &str,
+    input: Box<dyn Read + 'a>,
+) -> Option<io::Result<Box<dyn Read + 'a>>> {
+    Some(match name {
+        "none" => Ok(input),
+        "xz" => Ok(Box::new(liblzma::read::XzDecoder::new_multi_decoder(input))),
+        // Nix's default before zstd, and what a missing Compression means.
+        "bzip2" => Ok(Box::new(bzip2::read::MultiBzDecoder::new(input))),
+        "zstd" => {
+            zstd::stream::read::Decoder::new(input).map(|d| Box::new(d) as Box<dyn Read + 'a>)
+        }
+        _ => return None,
+    })
+}
+
+/// The decompression methods [`decompressor`] reads.
+pub const READABLE_COMPRESSIONS: &[&str] = &["none", "xz", "zstd", "bzip2"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_leave_the_cache_are_refused() {
+        for good in ["nar/abc.nar.zst", "x.narinfo", "a/b/c"] {
+            assert!(is_cache_key(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "nar/../../x",
+            "nar//x",
+            "./x",
+            "http://evil/x",
+            "nar/x?y",
+            "nar\\x",
+        ] {
+            assert!(!is_cache_key(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn decompressors_round_trip() {
+        let data = b"nix-archive-1 and then some".repeat(100);
+        let zst = zstd::encode_all(&data[..], 3).unwrap();
+        let mut xz = Vec::new();
+        liblzma::read::XzEncoder::new(&data[..], 6)
+            .read_to_end(&mut xz)
+            .unwrap();
+        let mut bz = Vec::new();
+        bzip2::read::BzEncoder::new(&data[..], bzip2::Compression::default())
+            .read_to_end(&mut bz)
+            .unwrap();
+        for (name, bytes) in [("none", &data), ("zstd", &zst), ("xz", &xz), ("bzip2", &bz)] {
+            let mut out = Vec::new();
+            decompressor(name, Box::new(&bytes[..]))
+                .unwrap()
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, data, "{name}");
+        }
+        assert!(decompressor("br", Box::new(&data[..])).is_none());
+    }
+
+    #[tokio::test]
+    async fn file_cache_lists_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = "0".repeat(32);
+        std::fs::write(dir.path().join(format!("{hash}.narinfo")), "x").unwrap();
+        std::fs::write(dir.path().join("junk.narinfo"), "x").unwrap();
+        std::fs::write(dir.path().join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
+        let cfg = TargetConfig::parse(&format!("file://{}", dir.path().display())).unwrap();
+        let r = CacheReader::open(&cfg).unwrap();
+        assert!(r.can_list());
+        let (good, odd) = r.list_narinfos().await.unwrap();
+        assert_eq!(good, vec![hash.clone()]);
+        assert_eq!(odd, vec!["junk.narinfo".to_owned()]);
+        assert_eq!(
+            r.get("nix-cache-info").await.unwrap().unwrap(),
+            b"StoreDir: /nix/store\n"
+        );
+        assert!(r.get("missing.narinfo").await.unwrap().is_none());
+        assert!(r.get("../etc").await.is_err());
+    }
+}
