@@ -59,6 +59,8 @@ scripts/s3s.sh >/dev/null
 scripts/nginx-webdav.sh install >/dev/null
 # The metrics test parses /metrics with the official Prometheus client's parsers.
 if ! /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null; then
+  log "installing python3-prometheus-client"
+  as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-prometheus-client >/dev/null
 fi
 
