@@ -37,6 +37,7 @@ struct FileConfig {
     upload_build_logs: Option<bool>,
     build_log_dir: Option<PathBuf>,
     sign_local_store: Option<bool>,
+    upload_realisations: Option<bool>,
     stop_timeout_secs: Option<u64>,
     metrics_address: Option<String>,
     metrics_allow_remote: Option<bool>,
@@ -76,7 +77,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheExtras {
     /// Upload `log/<drv>` for requests that name their derivation (hook
-    /// requests). Default true.
+    /// requests). Default false: logs often hold tokens or environment
+    /// dumps, and `nix copy` does not upload them either.
     pub upload_build_logs: bool,
     /// Nix's log directory (`<dir>/drvs/…`). Default `$NIX_LOG_DIR`, else
     /// `/nix/var/log/nix`, as Nix itself.
@@ -84,14 +86,19 @@ pub struct CacheExtras {
     /// Add our signatures to the local store's records of build outputs
     /// (what the manual's hook does with `nix store sign`). Default false.
     pub sign_local_store: bool,
+    /// Upload `realisations/<id>.doi` for the floating content-addressed
+    /// outputs of hook requests' derivations (`ca-derivations`). Default
+    /// true; a no-op for other derivations.
+    pub upload_realisations: bool,
 }
 
 impl Default for CacheExtras {
     fn default() -> Self {
         Self {
-            upload_build_logs: true,
+            upload_build_logs: false,
             build_log_dir: nix_outbox_upload::default_log_dir(),
             sign_local_store: false,
+            upload_realisations: true,
         }
     }
 }
@@ -184,9 +191,10 @@ impl Config {
             bail!("build-log-dir {build_log_dir:?} in {source} must be an absolute path");
         }
         let extras = CacheExtras {
-            upload_build_logs: file.upload_build_logs.unwrap_or(true),
+            upload_build_logs: file.upload_build_logs.unwrap_or(false),
             build_log_dir,
             sign_local_store: file.sign_local_store.unwrap_or(false),
+            upload_realisations: file.upload_realisations.unwrap_or(true),
         };
         let (filters, upstream_caches) = crate::service::filters::FilterKeys {
             include: file.include,
@@ -316,18 +324,26 @@ mod tests {
     #[test]
     fn cache_extras_default_and_override() {
         let c = Config::from_toml("", "test").unwrap();
-        assert!(c.extras.upload_build_logs && !c.extras.sign_local_store);
+        assert!(!c.extras.upload_build_logs && !c.extras.sign_local_store);
         assert!(c.extras.build_log_dir.is_absolute());
         let c = Config::from_toml(
-            "upload-build-logs = false\nsign-local-store = true\nbuild-log-dir = \"/srv/logs\"\n",
+            "upload-build-logs = true\nsign-local-store = true\nbuild-log-dir = \"/srv/logs\"\n",
             "test",
         )
         .unwrap();
-        assert!(!c.extras.upload_build_logs && c.extras.sign_local_store);
+        assert!(c.extras.upload_build_logs && c.extras.sign_local_store);
         assert_eq!(c.extras.build_log_dir, PathBuf::from("/srv/logs"));
         let e = Config::from_toml("build-log-dir = \"logs\"\n", "f")
             .unwrap_err()
             .to_string();
         assert!(e.contains("build-log-dir") && e.contains("absolute"), "{e}");
+        assert!(
+            Config::from_toml("", "t")
+                .unwrap()
+                .extras
+                .upload_realisations
+        );
+        let c = Config::from_toml("upload-realisations = false\n", "t").unwrap();
+        assert!(!c.extras.upload_realisations);
     }
 }

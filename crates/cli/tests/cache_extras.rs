@@ -10,8 +10,9 @@ use std::path::Path;
 use nix_outbox_testkit as tk;
 use support::{Outbox, build_via};
 
-/// An outbox whose file:// target writes listings, with `extra` appended
-/// to its config, and a private nix-daemon keeping build logs in `logs`.
+/// An outbox whose file:// target writes listings and build logs (off by
+/// default), with `extra` appended to its config, and a private nix-daemon
+/// keeping build logs in `logs`.
 fn setup(extra: &str, logs: &Path, nix_conf: &str) -> (Outbox, tk::PrivateDaemon) {
     setup_with(
         |cache| {
@@ -35,7 +36,9 @@ fn setup_with(
 ) -> (Outbox, tk::PrivateDaemon) {
     let mut outbox = Outbox::with_targets(targets, &[]);
     let mut config = std::fs::read_to_string(&outbox.config).unwrap();
-    config.push_str(&format!("build-log-dir = {logs:?}\n{extra}"));
+    config.push_str(&format!(
+        "upload-build-logs = true\nbuild-log-dir = {logs:?}\n{extra}"
+    ));
     std::fs::write(&outbox.config, config).unwrap();
     let nix = tk::PrivateDaemon::start_with_env(
         &format!(
@@ -206,8 +209,7 @@ fn build_log_reaches_an_http_cache() {
 /// CA realisations, first step: our protocol client's QueryRealisation
 /// (op 43) returns the realisation a real Nix 2.8 daemon recorded for a
 /// content-addressed derivation's output, as `nix realisation info` shows
-/// it. (Uploading `realisations/<id>.doi` needs the derivation's hash
-/// modulo, which nix-outbox does not compute yet.)
+/// it. (Uploading `realisations/<id>.doi`: see tests/realisations.rs.)
 #[tokio::test(flavor = "multi_thread")]
 async fn query_realisation_returns_what_nix_recorded_for_a_ca_output() {
     use nix_outbox_core::StoreDir;

@@ -2,13 +2,16 @@
 //! validly signed by an upstream key are skipped (a forged signature with
 //! the same key name is not enough), paths an upstream cache has are
 //! skipped while an unreachable upstream blocks nothing, include/exclude
-//! patterns apply to every path of a closure, and a bad pattern is a
-//! configuration error naming it.
+//! patterns apply to requested paths only (a reference is uploaded with its
+//! referrer whatever its name), skipped paths are reported as left out by
+//! `wait`, `push --wait` and `copy`, and a bad pattern is a configuration
+//! error naming it.
 
 mod support;
 
 use std::io::Write as _;
 use std::path::Path;
+use std::process::Command;
 
 use nix_outbox_testkit as tk;
 use support::{Outbox, build_via, delete_and_substitute};
@@ -166,33 +169,91 @@ fn paths_an_upstream_cache_has_are_skipped_and_an_unreachable_upstream_blocks_no
     );
 }
 
+/// `nix-outbox copy` without the daemon's NIX_REMOTE (the host's store).
+fn copy(outbox: &Outbox, args: &[&str]) -> std::process::Output {
+    Command::new(support::outbox_bin())
+        .env_remove("NIX_REMOTE")
+        .arg("copy")
+        .arg("--config")
+        .arg(&outbox.config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The line of `text` naming `path`, asserting there is one.
+fn line_of<'a>(text: &'a str, path: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.contains(path))
+        .unwrap_or_else(|| panic!("{path} not named in:\n{text}"))
+}
+
 #[test]
-fn include_and_exclude_patterns_apply_to_every_path_of_a_closure() {
+fn name_patterns_apply_to_requested_paths_and_references_are_uploaded_anyway() {
     let mut outbox = Outbox::new("zstd");
     configure(
         &outbox,
         "upstream-keys = []\ninclude = [\"pat-*\"]\nexclude = [\"*-skipme\"]",
     );
+    let n = tk::nonce();
+    // Built before the daemon's Nix sees them, so no hook: they have no
+    // job of their own and reach the cache only as references.
+    let dep = tk::sh_derivation(&format!("pat-dep-{n}-skipme"), &["out"], "echo d > $out");
+    let lib = tk::sh_derivation(&format!("lib-{n}"), &["out"], "echo l > $out");
+    let xdep = tk::sh_derivation(&format!("pat-xdep-{n}"), &["out"], "echo x > $out");
+    let deps = tk::nix_build(&format!("[ ({dep}) ({lib}) ({xdep}) ]"));
+    let (dep_path, lib_path, xdep_path) = (&deps[0], &deps[1], &deps[2]);
+
     let nix = outbox.nix_daemon();
     outbox.start(Some(&nix.socket));
-    let n = tk::nonce();
-    let dep = tk::sh_derivation(&format!("pat-dep-{n}-skipme"), &["out"], "echo d > $out");
-    let root = tk::sh_derivation(&format!("pat-root-{n}"), &["out"], "echo ${dep} > $out");
+    let root = tk::sh_derivation(
+        &format!("pat-root-{n}"),
+        &["out"],
+        "echo ${dep} ${lib} > $out",
+    );
+    let xroot = tk::sh_derivation(
+        &format!("pat-x-{n}-skipme"),
+        &["out"],
+        "echo ${xdep} > $out",
+    );
     let other = tk::sh_derivation(&format!("other-{n}"), &["out"], "echo o > $out");
-    let outs = build_via(&nix, &format!("let dep = {dep}; in [ ({root}) ({other}) ]"));
-    let (root_path, other_path) = (&outs[0], &outs[1]);
-    let dep_path = tk::closure(std::slice::from_ref(root_path))
-        .into_iter()
-        .find(|p| p.ends_with("-skipme"))
-        .unwrap();
-    outbox.wait();
+    let outs = build_via(
+        &nix,
+        &format!(
+            "let dep = {dep}; lib = {lib}; xdep = {xdep}; in [ ({root}) ({xroot}) ({other}) ]"
+        ),
+    );
+    let (root_path, xroot_path, other_path) = (&outs[0], &outs[1], &outs[2]);
+    let wait = outbox.cli(&["wait", "--timeout", "120"]);
+    assert!(wait.status.success(), "{}\n{}", text(&wait), outbox.log());
 
     assert!(outbox.has(root_path), "{}", outbox.log());
-    assert!(!outbox.has(&dep_path), "excluded dependency was uploaded");
+    // References nothing else serves go with their referrer, whatever
+    // their names: the cache must be complete.
+    assert!(outbox.has(dep_path), "excluded dependency left out");
+    assert!(outbox.has(lib_path), "not-included dependency left out");
+    // Requested paths the patterns reject are left out, with their
+    // closures (nothing uploaded needs them).
+    assert!(!outbox.has(xroot_path), "an excluded output was uploaded");
+    assert!(
+        !outbox.has(xdep_path),
+        "an excluded output's closure was uploaded"
+    );
     assert!(
         !outbox.has(other_path),
         "a path no include matches was uploaded"
     );
+    outbox.assert_cache_valid();
+
     let mut skips = skipped_paths(&outbox);
     skips.sort();
     assert_eq!(
@@ -202,16 +263,83 @@ fn include_and_exclude_patterns_apply_to_every_path_of_a_closure() {
             ("not-included".into(), String::new(), 1)
         ]
     );
-    // Outputs left out are settled jobs, with their reason: `other` and
-    // the dependency, which was built (so hooked) in the same nix-build.
     let status = outbox.status_json();
     assert_eq!(status["targets"][0]["skipped"], 2, "{status}");
     assert_eq!(status["targets"][0]["failing"], 0, "{status}");
-    let text = String::from_utf8_lossy(&outbox.cli(&["status"]).stdout).into_owned();
+    let st = String::from_utf8_lossy(&outbox.cli(&["status"]).stdout).into_owned();
     assert!(
-        text.contains("1 excluded by \"*-skipme\"") && text.contains("1 matching no include"),
-        "{text}"
+        st.contains("1 excluded by \"*-skipme\"") && st.contains("1 matching no include"),
+        "{st}"
     );
+
+    // `wait` says what was left out, and why, never that it was uploaded.
+    let said = String::from_utf8_lossy(&wait.stderr).into_owned();
+    assert!(said.contains("except 2 path(s) left out"), "{said}");
+    let x = line_of(&said, xroot_path);
+    assert!(
+        x.contains("not uploaded: excluded by pattern \"*-skipme\""),
+        "{said}"
+    );
+    let o = line_of(&said, other_path);
+    assert!(
+        o.contains("not uploaded: matches no include pattern"),
+        "{said}"
+    );
+    assert!(!said.contains(root_path.as_str()), "{said}");
+
+    // So does `push --wait`, for its own paths only.
+    let push = outbox.cli(&["push", "--wait", "--timeout", "120", other_path]);
+    assert!(push.status.success(), "{}", text(&push));
+    let said = String::from_utf8_lossy(&push.stderr).into_owned();
+    assert!(said.contains("except 1 path(s) left out"), "{said}");
+    assert!(
+        line_of(&said, other_path).contains("not uploaded: matches no include pattern"),
+        "{said}"
+    );
+    assert!(!said.contains(xroot_path.as_str()), "{said}");
+
+    // `copy` of a rejected path: exit 0, but unmistakably not uploaded.
+    let out = copy(&outbox, &[other_path, xroot_path]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    for (path, why) in [
+        (other_path, "matches no include pattern"),
+        (xroot_path, "excluded by pattern \"*-skipme\""),
+    ] {
+        let l = line_of(&said, path);
+        assert!(
+            l.starts_with(&format!("NOT uploaded: {path}: {why}"))
+                && l.contains("use --no-filters"),
+            "{}",
+            text(&out)
+        );
+        assert!(!outbox.has(path));
+    }
+    assert!(!said.contains("uploaded 0"), "{}", text(&out));
+    let forced = copy(&outbox, &["--no-filters", other_path]);
+    assert!(forced.status.success(), "{}", text(&forced));
+    assert!(outbox.has(other_path), "{}", text(&forced));
+    outbox.assert_cache_valid();
+}
+
+#[test]
+fn copy_to_a_cache_that_is_also_an_upstream_is_refused() {
+    let outbox = Outbox::new("zstd");
+    let up = tempfile::tempdir().unwrap();
+    let up_url = format!("file://{}", up.path().display());
+    configure(&outbox, &format!("upstream-caches = [{up_url:?}]"));
+    let out = copy(
+        &outbox,
+        &["--to", &format!("{up_url}?compression=xz"), "/nix/store/x"],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("also listed in upstream-caches") && stderr.contains(&up_url),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read_dir(up.path()).unwrap().count(), 0);
 }
 
 #[test]

@@ -256,7 +256,7 @@ fn metrics_status_and_push_progress() {
     assert_eq!(narinfos(&outbox.cache), 12);
     assert!(v("nix_outbox_uploaded_nar_bytes_total", &good_l) > 2.0 * 1024.0 * 1024.0);
     assert!(v("nix_outbox_uploaded_file_bytes_total", &good_l) > 0.0);
-    for state in ["pending", "failing", "in_flight", "skipped"] {
+    for state in ["pending", "failing", "in_flight"] {
         assert_eq!(
             v(
                 "nix_outbox_queue_jobs",

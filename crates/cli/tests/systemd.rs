@@ -9,181 +9,23 @@
 //! Deadlines only turn a hang into a failure showing the daemon's log;
 //! nothing here asserts how long anything takes.
 
+#[path = "support/systemd_harness.rs"]
+mod harness;
 mod support;
 
-use std::io::{Read as _, Write as _};
-use std::os::fd::AsRawFd as _;
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
-use std::os::unix::process::CommandExt as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::{
+    HANG, Notify, Running, configure, fresh_path, read_reply, send_request, spawn_daemon,
+    wait_for_socket,
+};
 use nix_outbox_testkit as tk;
 use support::{Outbox, has_narinfo, hook_bin, outbox_bin};
 use tk::fault_proxy::{Fault, FaultProxy, Plan};
-
-/// Generous: only a hang comes near it.
-const HANG: Duration = Duration::from_secs(180);
-
-/// Sets the config's hook timeout high (the hook must wait for a daemon
-/// being started, not spool) and appends `extra`.
-fn configure(outbox: &Outbox, extra: &str) {
-    let text = std::fs::read_to_string(&outbox.config).unwrap();
-    let text = text.replace("hook-timeout-ms = 3000\n", "hook-timeout-ms = 120000\n");
-    std::fs::write(&outbox.config, format!("{text}{extra}")).unwrap();
-}
-
-/// A fresh store path of about `bytes` random bytes, built in the host store.
-fn fresh_path(tag: &str, bytes: usize) -> String {
-    let expr = tk::sh_derivation(
-        &format!("systemd-{tag}-{}", tk::nonce()),
-        &["out"],
-        &format!("head -c {bytes} /dev/urandom > $out"),
-    );
-    tk::nix_build(&expr).remove(0)
-}
-
-/// A daemon process started by a test; killed (SIGKILL) when dropped.
-struct Running(Child);
-
-impl Running {
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.0.id() as i32, sig) }, 0);
-    }
-
-    /// Waits for the exit (a hang fails with the log).
-    fn wait(&mut self, outbox: &Outbox) -> std::process::ExitStatus {
-        let deadline = Instant::now() + HANG;
-        loop {
-            if let Some(s) = self.0.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit:\n{}",
-                outbox.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `nix-outbox daemon` for `outbox`, logging to its log. With `socket`, the
-/// daemon inherits it as fd 3 with LISTEN_FDS=1 and LISTEN_PID set to its
-/// own pid (known only after fork: a shell sets it to `$$` and execs the
-/// daemon, which keeps the pid), as systemd does.
-fn spawn_daemon(outbox: &Outbox, socket: Option<&UnixListener>, notify: Option<&Path>) -> Running {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(outbox.dir.path().join("outbox.log"))
-        .unwrap();
-    let mut cmd = match socket {
-        None => Command::new(outbox_bin()),
-        Some(listener) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
-                .arg(outbox_bin());
-            let fd = listener.as_raw_fd();
-            // SAFETY: only async-signal-safe calls (dup2, fcntl) after fork.
-            unsafe {
-                c.pre_exec(move || {
-                    let rc = if fd == 3 {
-                        libc::fcntl(3, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(fd, 3)
-                    };
-                    if rc < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            c
-        }
-    };
-    cmd.args(["daemon", "--config"])
-        .arg(&outbox.config)
-        .env("RUST_LOG", "info,nix_daemon=warn")
-        .env_remove("NIX_REMOTE")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("NOTIFY_SOCKET");
-    if let Some(n) = notify {
-        cmd.env("NOTIFY_SOCKET", n);
-    }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Running(child)
-}
-
-/// A NOTIFY_SOCKET bound by the test.
-struct Notify {
-    sock: UnixDatagram,
-    path: std::path::PathBuf,
-}
-
-impl Notify {
-    fn bind(dir: &Path) -> Self {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(HANG)).unwrap();
-        Self { sock, path }
-    }
-
-    /// The next datagram containing `state` (e.g. `READY=1`).
-    fn expect(&self, state: &str, outbox: &Outbox) -> String {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = self
-                .sock
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("no {state} on NOTIFY_SOCKET ({e}):\n{}", outbox.log()));
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if msg.lines().any(|l| l == state) {
-                return msg;
-            }
-        }
-    }
-}
-
-/// Sends one hook request for `path` on an open connection.
-fn send_request(stream: &mut UnixStream, path: &str) {
-    stream
-        .write_all(format!("nix-outbox-hook 1\nout {path}\nend\n").as_bytes())
-        .unwrap();
-}
-
-/// Reads the daemon's one-line reply.
-fn read_reply(stream: &mut UnixStream) -> String {
-    stream.set_read_timeout(Some(HANG)).unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    reply
-}
-
-/// Waits until the daemon accepts on its socket.
-fn wait_for_socket(outbox: &Outbox) {
-    let deadline = Instant::now() + HANG;
-    while UnixStream::connect(outbox.socket()).is_err() {
-        assert!(Instant::now() < deadline, "{}", outbox.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn installed_units_pass_systemd_analyze_verify() {
@@ -309,6 +151,9 @@ fn systemd_socket_activate_starts_the_daemon_for_the_first_hook() {
         assert!(Instant::now() < deadline, "no socket: {}", outbox.log());
         std::thread::sleep(Duration::from_millis(20));
     }
+    // As SocketMode=0600 does (the daemon refuses looser modes); the
+    // daemon starts only at the first connection, after this.
+    chmod(&outbox.socket(), 0o600);
     let hook = Command::new(hook_bin())
         .env("NIX_OUTBOX_CONFIG", &outbox.config)
         .env("OUT_PATHS", &path)
@@ -343,6 +188,7 @@ fn a_hook_waits_in_the_backlog_while_the_daemon_restarts() {
     configure(&outbox, "");
     let (first, second) = (fresh_path("first", 1000), fresh_path("second", 1000));
     let listener = UnixListener::bind(outbox.socket()).unwrap();
+    chmod(&outbox.socket(), 0o600);
     let notify = Notify::bind(outbox.dir.path());
 
     let mut a = spawn_daemon(&outbox, Some(&listener), Some(&notify.path));
@@ -373,6 +219,39 @@ fn a_hook_waits_in_the_backlog_while_the_daemon_restarts() {
     let status = b.wait(&outbox);
     assert!(status.success(), "{status}: {}", outbox.log());
     assert!(outbox.socket().exists(), "the inherited socket was removed");
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn an_inherited_socket_any_user_can_write_is_refused() {
+    let outbox = Outbox::new("zstd");
+    let listener = UnixListener::bind(outbox.socket()).unwrap();
+    chmod(&outbox.socket(), 0o666);
+    let mut d = spawn_daemon(&outbox, Some(&listener), None);
+    let status = d.wait(&outbox);
+    assert!(!status.success(), "{}", outbox.log());
+    assert!(
+        outbox.log().contains(
+            "nix-outbox.socket has SocketMode=0666: any local user could enqueue uploads; set \
+             SocketMode=0600 (or SocketGroup= and 0660), e.g. with nix-outbox install-systemd"
+        ),
+        "{}",
+        outbox.log()
+    );
+    // Group-writable without socket-group is refused too; 0600 starts.
+    chmod(&outbox.socket(), 0o660);
+    let status = spawn_daemon(&outbox, Some(&listener), None).wait(&outbox);
+    assert!(!status.success(), "{}", outbox.log());
+    assert!(outbox.log().contains("SocketMode=0660"), "{}", outbox.log());
+    chmod(&outbox.socket(), 0o600);
+    let notify = Notify::bind(outbox.dir.path());
+    let mut d = spawn_daemon(&outbox, Some(&listener), Some(&notify.path));
+    notify.expect("READY=1", &outbox);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait(&outbox).success(), "{}", outbox.log());
 }
 
 #[test]
@@ -469,6 +348,10 @@ fn sigterm_lets_the_upload_in_flight_finish_and_still_acknowledges_hooks() {
     let s = outbox.status_json();
     assert_eq!(s["targets"][0]["done"], 1, "{s}");
     assert_eq!(s["targets"][0]["in_flight"], 0, "{s}");
+    // The late request was committed, not just answered: it waits in the
+    // queue (nothing expands during a drain) and was not spooled.
+    assert_eq!(s["new_requests"], 1, "{s}");
+    assert_eq!(s["spooled_requests"], 0, "{s}");
 }
 
 #[test]

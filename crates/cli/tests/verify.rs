@@ -255,6 +255,12 @@ fn file_cache_good_then_damaged() {
     std::fs::write(&nar, &bytes).unwrap();
 
     // (4) A reference without its narinfo.
+    let upstream = f.dir.path().join("upstream");
+    let upstream_url = format!("file://{}", upstream.display());
+    f.copy_to(&upstream_url, &[]);
+    let empty = f.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let empty_url = format!("file://{}", empty.display());
     let dep_narinfo = cache.join(format!("{}.narinfo", hash_of(&f.dep)));
     let dep_text = std::fs::read(&dep_narinfo).unwrap();
     std::fs::remove_file(&dep_narinfo).unwrap();
@@ -266,7 +272,34 @@ fn file_cache_good_then_damaged() {
             f.root, f.dep
         );
         assert!(stdout(&bad).contains(&want), "{args:?}: {}", text(&bad));
+        assert!(stdout(&bad).contains("--upstream URL"), "{}", text(&bad));
+        // Left to an upstream cache on purpose: a note, not a problem.
+        let mut up = args.clone();
+        up.extend(["--upstream", &empty_url, "--upstream", &upstream_url]);
+        let ok = f.verify(&url, &up, &[]);
+        assert_exit(&ok, 0);
+        let want = format!("note: {} is not in the cache but in {upstream_url}", f.dep);
+        assert!(stdout(&ok).contains(&want), "{}", text(&ok));
+        // Not there either: still a problem.
+        let mut up = args.clone();
+        up.extend(["--upstream", &empty_url]);
+        assert_exit(&f.verify(&url, &up, &[]), 1);
     }
+
+    // (6) A narinfo that is a symbolic link is not followed (it could
+    // point anywhere, /etc/shadow included): an error, not its contents.
+    let elsewhere = f.dir.path().join("elsewhere.narinfo");
+    std::fs::write(&elsewhere, "secret: do not print\n").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dep_narinfo).unwrap();
+    let bad = f.verify(&url, &[f.root.as_str()], &[]);
+    assert_exit(&bad, 2);
+    assert!(
+        stdout(&bad).contains("is a symbolic link"),
+        "{}",
+        text(&bad)
+    );
+    assert!(!text(&bad).contains("do not print"), "{}", text(&bad));
+    std::fs::remove_file(&dep_narinfo).unwrap();
     std::fs::write(&dep_narinfo, dep_text).unwrap();
     assert_exit(&f.verify(&url, &["--all"], &[]), 0);
 

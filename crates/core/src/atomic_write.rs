@@ -1,6 +1,7 @@
 //! Crash-safe file replacement: write a temporary file in the same
 //! directory, fsync it, rename (or link, to refuse overwriting) it into
 //! place, then fsync the directory so the new name itself is durable.
+//! [`replace_volatile`] keeps the atomic rename but skips the fsyncs.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -24,6 +25,24 @@ pub enum AtomicWriteError {
 /// `overwrite == false` an existing `path` is left untouched and
 /// [`AtomicWriteError::Exists`] returned.
 pub fn write(path: &Path, data: &[u8], mode: u32, overwrite: bool) -> Result<(), AtomicWriteError> {
+    write_with(path, data, mode, overwrite, true)
+}
+
+/// Like [`write`] with overwriting, but without any fsync: readers never
+/// see a partial file, yet after a crash the file may be old, empty or
+/// gone. For files rewritten often whose loss costs nothing (a progress
+/// report), where a disk sync per write would be pure cost.
+pub fn replace_volatile(path: &Path, data: &[u8], mode: u32) -> Result<(), AtomicWriteError> {
+    write_with(path, data, mode, true, false)
+}
+
+fn write_with(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    overwrite: bool,
+    durable: bool,
+) -> Result<(), AtomicWriteError> {
     let io = |source| AtomicWriteError::Io {
         path: path.to_owned(),
         source,
@@ -48,7 +67,9 @@ pub fn write(path: &Path, data: &[u8], mode: u32, overwrite: bool) -> Result<(),
             .open(&tmp)
             .map_err(io)?;
         f.write_all(data).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        if durable {
+            f.sync_all().map_err(io)?;
+        }
         drop(f);
         if overwrite {
             std::fs::rename(&tmp, path).map_err(io)?;
@@ -63,6 +84,9 @@ pub fn write(path: &Path, data: &[u8], mode: u32, overwrite: bool) -> Result<(),
                 Err(e) => return Err(io(e)),
             }
             let _ = std::fs::remove_file(&tmp);
+        }
+        if !durable {
+            return Ok(());
         }
         File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     })();
@@ -102,6 +126,22 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         // No temporary files are left behind.
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn volatile_replace_writes_with_mode_and_leaves_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("progress.json");
+        replace_volatile(&p, b"one", 0o600).unwrap();
+        replace_volatile(&p, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        let e = replace_volatile(Path::new("/nonexistent-dir-xyz/f"), b"x", 0o600).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent-dir-xyz/f"), "{e}");
     }
 
     #[test]

@@ -427,5 +427,7 @@ impl Parser<'_> {
     }
 }
 
+pub mod hash_modulo;
+
 #[cfg(test)]
 mod tests;

@@ -12,9 +12,11 @@ use crate::store_path::{StoreDir, StorePath, StorePathError};
 
 #[derive(Debug, Error)]
 pub enum NarInfoError {
-    #[error("narinfo line {line}: {source}")]
+    // Quoted values are clipped (see `clip`): the text may not be a
+    // narinfo at all, and must not be copied whole into messages.
+    #[error("narinfo line {line}: {}", clip(&source.to_string()))]
     Path { line: usize, source: StorePathError },
-    #[error("narinfo line {line}: {field}: {source}")]
+    #[error("narinfo line {line}: {field}: {}", clip(&source.to_string()))]
     Hash {
         line: usize,
         field: &'static str,
@@ -38,6 +40,39 @@ pub enum NarInfoError {
     ZeroNarSize,
     #[error("narinfo is not valid UTF-8 (at byte {0})")]
     Utf8(usize),
+}
+
+/// Shortens every `"quoted"` value (as `{:?}` writes it) in an error
+/// message to 80 characters. Lines of a narinfo read from an untrusted
+/// cache may be anything (a linked secret file, say), and are not copied
+/// whole into messages.
+fn clip(message: &str) -> String {
+    const MAX: usize = 80;
+    let mut out = String::with_capacity(message.len().min(512));
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' {
+            continue;
+        }
+        let (mut kept, mut escaped) = (0, false);
+        for c in chars.by_ref() {
+            let end = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            if end {
+                if kept > MAX {
+                    out.push('…');
+                }
+                out.push('"');
+                break;
+            }
+            if kept < MAX {
+                out.push(c);
+            }
+            kept += 1;
+        }
+    }
+    out
 }
 
 /// One `.narinfo`. `references` and `sigs` are sets because Nix keeps them

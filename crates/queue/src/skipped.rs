@@ -6,12 +6,20 @@
 //! A record of decisions, not of accepted work: an entry is replaced by a
 //! later decision for the same path, and deleted when the target is seen
 //! to hold the path after all ([`Queue::mark_present`], e.g. once the
-//! filters changed and a later closure uploaded it).
+//! filters changed and a later closure uploaded it). Every closure upload
+//! that meets a skipped path decides again (and refreshes `skipped_at`),
+//! so entries not refreshed for [`SKIPPED_KEEP_SECS`] describe closures
+//! nobody uploads any more and are pruned ([`Queue::prune_skipped`]):
+//! without that the table would keep a row per path ever skipped.
 
 use rusqlite::params;
 
 use crate::error::Context;
 use crate::{Queue, QueueError};
+
+/// How long a skip decision counts in `status` without being made again:
+/// 30 days.
+pub const SKIPPED_KEEP_SECS: i64 = 30 * 24 * 3600;
 
 /// One path left out of a target's uploads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +79,21 @@ impl Queue {
             }
         }
         tx.commit().context(OP)
+    }
+
+    /// Deletes the entries of `target` decided [`SKIPPED_KEEP_SECS`] or
+    /// longer before `now`; returns how many.
+    pub fn prune_skipped(&mut self, target: &str, now: i64) -> Result<usize, QueueError> {
+        const OP: &str = "pruning old records of paths left out of uploads";
+        let tx = self.write(OP)?;
+        let count = tx
+            .prepare_cached("DELETE FROM skipped WHERE target = ?1 AND skipped_at <= ?2")
+            .and_then(|mut stmt| {
+                stmt.execute(params![target, now.saturating_sub(SKIPPED_KEEP_SECS)])
+            })
+            .context(OP)?;
+        tx.commit().context(OP)?;
+        Ok(count)
     }
 
     /// Per target, how many paths are skipped for each (reason, detail),
@@ -157,6 +180,19 @@ mod tests {
                 .any(|(t, c)| t == "t" && c.reason == "upstream-key")
         );
         assert!(counts.iter().any(|(t, c)| t == "u" && c.detail == "gcc*"));
+        // Decisions not made again for 30 days are pruned, per target;
+        // a decision made again is kept.
+        q.mark_skipped("t", &[skip("eeee-e", "excluded", "*.drv")], 100)
+            .unwrap();
+        let later = 11 + SKIPPED_KEEP_SECS;
+        assert_eq!(q.prune_skipped("t", later).unwrap(), 2);
+        let counts = q.skip_counts().unwrap();
+        let left: Vec<(&str, &str)> = counts
+            .iter()
+            .map(|(t, c)| (t.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(left, [("t", "excluded"), ("u", "excluded")]);
+        assert_eq!(q.prune_skipped("t", later).unwrap(), 0);
         // An unknown reason is refused, not stored.
         let err = q
             .mark_skipped("t", &[skip("dddd-d", "because", "")], 13)

@@ -61,6 +61,12 @@ pub struct Outstanding {
     /// The first of the outstanding jobs in claim order, at most as many as
     /// asked for.
     pub jobs: Vec<Job>,
+    /// Jobs of those requests settled as `skipped` (left out on purpose or
+    /// no longer in the store): not outstanding, but not uploaded either.
+    pub skipped_jobs: u64,
+    /// The first of them in claim order (with the reason as `last_error`),
+    /// at most as many as asked for.
+    pub skipped: Vec<Job>,
 }
 
 impl Outstanding {
@@ -156,16 +162,17 @@ impl Queue {
     }
 
     /// Job counts per target for the states a queue-depth gauge shows:
-    /// `pending` (never tried), `failing` (pending after a failure),
-    /// `in_flight` and `skipped`. Only those states' rows are read
-    /// (through the state index), never the history of `done` jobs, so a
-    /// metrics scrape costs the same however long the daemon has run.
+    /// `pending` (never tried), `failing` (pending after a failure) and
+    /// `in_flight`. Only those states' rows are read (through the state
+    /// index), never the history of `done` or `skipped` jobs (settled, and
+    /// growing for ever: the workers' outcome counter counts skips), so a
+    /// scrape costs what the backlog is, not how long the daemon has run.
     pub fn depth(&self) -> Result<Vec<(String, &'static str, u64)>, QueueError> {
         const OP: &str = "reading the queue depth";
         let tx = self.read(OP)?;
         tx.prepare_cached(
             "SELECT target, state, last_error IS NOT NULL, count(*) FROM jobs
-             WHERE state IN ('pending', 'in_flight', 'skipped')
+             WHERE state IN ('pending', 'in_flight')
              GROUP BY target, state, last_error IS NOT NULL ORDER BY target",
         )
         .and_then(|mut stmt| {
@@ -175,15 +182,14 @@ impl Queue {
                 let state = match (state.as_str(), failed) {
                     ("pending", false) => "pending",
                     ("pending", true) => "failing",
-                    ("in_flight", _) => "in_flight",
-                    _ => "skipped",
+                    _ => "in_flight",
                 };
                 Ok((row.get(0)?, state, row.get(3)?))
             })?
             .collect::<Result<Vec<(String, &'static str, u64)>, _>>()
         })
         .map(|rows| {
-            // in_flight and skipped rows come split by last_error: merge.
+            // in_flight rows come split by last_error: merge.
             let mut out: Vec<(String, &'static str, u64)> = Vec::new();
             for (t, s, n) in rows {
                 match out.iter_mut().find(|(ot, os, _)| *ot == t && *os == s) {
@@ -213,9 +219,10 @@ impl Queue {
     }
 
     /// What requests with id `<= upto_request_id` still wait for: those not
-    /// yet expanded, and their jobs neither `done` nor `skipped`. Counts are
-    /// complete; the lists hold at most `limit` entries each, so a `wait`
-    /// that polls this stays cheap however large the backlog.
+    /// yet expanded, and their jobs neither `done` nor `skipped`; and which
+    /// of their jobs were `skipped`, so nobody reports those as uploaded.
+    /// Counts are complete; the lists hold at most `limit` entries each,
+    /// so a `wait` that polls this stays cheap however large the backlog.
     pub fn outstanding(
         &self,
         upto_request_id: i64,
@@ -265,6 +272,25 @@ impl Queue {
             })
             .context(OP)?;
 
+        let skipped_jobs = tx
+            .prepare_cached(
+                "SELECT count(*) FROM jobs INDEXED BY jobs_claim
+                 WHERE state = 'skipped' AND request_id <= ?1",
+            )
+            .and_then(|mut stmt| stmt.query_row([upto_request_id], |row| row.get(0)))
+            .context(OP)?;
+        let skipped = tx
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_claim
+                 WHERE state = 'skipped' AND request_id <= ?1
+                 ORDER BY request_id, seq LIMIT ?2"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_map(params![upto_request_id, limit], job_from_row)?
+                    .collect()
+            })
+            .context(OP)?;
+
         Ok(Outstanding {
             upto_request_id,
             new_requests,
@@ -273,6 +299,8 @@ impl Queue {
             in_flight_jobs,
             requests,
             jobs,
+            skipped_jobs,
+            skipped,
         })
     }
 }

@@ -185,4 +185,26 @@ fn outstanding_follows_requests_up_to_an_id() {
     assert!(q.outstanding(upto, 10).unwrap().is_empty());
     assert!(r1 < r3);
     assert_eq!(q.outstanding(r3, 10).unwrap().pending_jobs, 1, "dddd-d");
+
+    // A skipped job ends the wait, but is reported as such, never as
+    // uploaded: counted and listed with its reason, under the same bound.
+    let o = q.outstanding(upto, 10).unwrap();
+    let skipped: Vec<(&str, Option<&str>)> = o
+        .skipped
+        .iter()
+        .map(|j| (j.path.as_str(), j.last_error.as_deref()))
+        .collect();
+    assert_eq!(
+        (o.skipped_jobs, skipped),
+        (1, vec![("aaaa-a", Some("gone"))])
+    );
+    let d = q.claim_job(10).unwrap().unwrap();
+    assert_eq!(d.path, "dddd-d");
+    q.skip_job("dddd-d", "t", "excluded", 10).unwrap();
+    assert_eq!(q.outstanding(upto, 10).unwrap().skipped_jobs, 1);
+    let all = q.outstanding(r3, 1).unwrap();
+    assert!(all.is_empty());
+    assert_eq!((all.skipped_jobs, all.skipped.len()), (2, 1));
+    // Settled jobs are no queue depth: the gauge reads no skipped history.
+    assert_eq!(q.depth().unwrap(), vec![]);
 }

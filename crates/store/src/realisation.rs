@@ -6,7 +6,16 @@
 //! `{"dependentRealisations":{…},"id":…,"outPath":"<basename>","signatures":[…]}`
 //! (`BinaryCacheStore::registerDrvOutput`, Nix 2.4 to 2.34).
 
+use std::collections::{HashMap, VecDeque};
+use std::io;
+
+use nix_outbox_core::StorePath;
+use nix_outbox_core::derivation::hash_modulo::{self, HashModuloError};
+use nix_outbox_core::derivation::{self, Derivation, MAX_DRV_SIZE};
+use nix_outbox_core::nar::{self, NarVisitor};
+
 use crate::error::{ProtocolError, StoreError};
+use crate::pool::StorePool;
 use crate::protocol::Connection;
 use crate::wire::{self, Request};
 
@@ -82,6 +91,120 @@ impl Connection {
             "{{\"dependentRealisations\":{{}},\"id\":\"{id}\",\"outPath\":\"{base}\",\"signatures\":[]}}"
         )))
     }
+}
+
+/// A single-file NAR's contents, refusing anything else and anything
+/// larger than a `.drv` may be.
+#[derive(Default)]
+struct FileContents {
+    data: Vec<u8>,
+    regular: bool,
+}
+
+impl NarVisitor for FileContents {
+    fn regular(&mut self, _executable: bool, size: u64, _offset: u64) -> io::Result<()> {
+        if size > MAX_DRV_SIZE as u64 {
+            return Err(io::Error::other(format!(
+                "{size} bytes, over the {MAX_DRV_SIZE}-byte limit for a .drv"
+            )));
+        }
+        self.regular = true;
+        Ok(())
+    }
+    fn data(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.data.extend_from_slice(chunk);
+        Ok(())
+    }
+    fn symlink(&mut self, _target: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("a symlink, not a .drv file"))
+    }
+    fn directory_start(&mut self) -> io::Result<()> {
+        Err(io::Error::other("a directory, not a .drv file"))
+    }
+}
+
+/// Reads and parses `drv` through the daemon (NarFromPath), never from
+/// the filesystem: the store may be remote, or not readable by us.
+pub async fn read_derivation(pool: &StorePool, drv: &StorePath) -> Result<Derivation, StoreError> {
+    let sd = pool.store_dir();
+    let shown = sd.display(drv);
+    let bad = |detail: String| StoreError::Derivation {
+        path: shown.clone(),
+        detail,
+    };
+    // The daemon's NAR is validated on the way in; the cap keeps a huge
+    // path named like a .drv from being buffered.
+    let sink = CappedSink(Vec::new());
+    let (CappedSink(nar_bytes), _) = pool.get().await?.nar_from_path(sd, drv, sink).await?;
+    let mut file = FileContents::default();
+    nar::parse_nar(nar_bytes.as_slice(), &mut file).map_err(|e| bad(e.to_string()))?;
+    if !file.regular {
+        return Err(bad("not a regular file".into()));
+    }
+    derivation::parse_derivation(&file.data, sd).map_err(|e| bad(e.to_string()))
+}
+
+/// Collects a NAR, failing once it is larger than a `.drv` can be.
+struct CappedSink(Vec<u8>);
+
+impl io::Write for CappedSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // NAR framing adds a few hundred bytes around the contents.
+        if self.0.len() + buf.len() > MAX_DRV_SIZE + 4096 {
+            return Err(io::Error::other("NAR too large for a .drv"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The realisation ids (`(output, id)`) of `drv`'s floating
+/// content-addressed outputs, the only ones a cache needs `.doi` files
+/// for; empty for any other derivation. Reads `drv` and every input
+/// `.drv` it depends on through the daemon.
+pub async fn ca_realisation_ids(
+    pool: &StorePool,
+    drv: &StorePath,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let sd = pool.store_dir();
+    let top = read_derivation(pool, drv).await?;
+    let floating = |d: &Derivation| {
+        d.outputs
+            .iter()
+            .any(|o| o.path.is_none() && !o.hash_algo.is_empty() && o.hash.is_empty())
+    };
+    if !floating(&top) {
+        return Ok(Vec::new());
+    }
+    // Load the input graph first (async), then hash it (pure, sync).
+    let mut loaded: HashMap<StorePath, Derivation> = HashMap::new();
+    let mut todo: VecDeque<StorePath> = top.input_drvs.iter().map(|i| i.path.clone()).collect();
+    while let Some(p) = todo.pop_front() {
+        if loaded.contains_key(&p) {
+            continue;
+        }
+        let d = read_derivation(pool, &p).await?;
+        todo.extend(d.input_drvs.iter().map(|i| i.path.clone()));
+        loaded.insert(p, d);
+    }
+    let hashes = hash_modulo::hash_derivation_modulo(&top, &sd.display(drv), sd, true, |p| {
+        loaded
+            .get(p)
+            .cloned()
+            .ok_or_else(|| "not among the inputs read".to_owned())
+    })
+    .map_err(|e: HashModuloError| StoreError::Derivation {
+        path: sd.display(drv),
+        detail: e.to_string(),
+    })?;
+    let ids = hash_modulo::drv_output_ids(&hashes);
+    Ok(ids
+        .into_iter()
+        .filter(|(o, _)| top.output(o).is_some_and(|o| o.path.is_none()))
+        .collect())
 }
 
 #[cfg(test)]

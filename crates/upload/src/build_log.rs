@@ -151,41 +151,86 @@ pub fn read_build_log(log_dir: &Path, drv: &StorePath) -> Result<Option<Vec<u8>>
                 what: "not a regular file",
             });
         }
-        return read_capped(file, &path, compressed).map(Some);
+        return read_capped(file, meta.len(), &path, compressed).map(Some);
     }
     Ok(None)
 }
 
-fn read_capped(file: File, path: &Path, compressed: bool) -> Result<Vec<u8>, BuildLogError> {
-    let mut out = Vec::new();
-    // One byte more than the cap tells a log of exactly the cap from a
-    // longer one.
+fn read_capped(
+    file: File,
+    file_len: u64,
+    path: &Path,
+    compressed: bool,
+) -> Result<Vec<u8>, BuildLogError> {
     let res = if compressed {
-        bzip2::read::MultiBzDecoder::new(io::BufReader::new(file))
-            .take(MAX_BUILD_LOG + 1)
-            .read_to_end(&mut out)
+        // The decompressed size is unknown: grow from a guess.
+        read_bounded(
+            bzip2::read::MultiBzDecoder::new(io::BufReader::new(file)),
+            file_len.saturating_mul(4),
+        )
     } else {
-        file.take(MAX_BUILD_LOG + 1).read_to_end(&mut out)
+        read_bounded(file, file_len)
     };
-    if let Err(source) = res {
-        let path = path.to_owned();
-        // The bzip2 decoder reports bad data as InvalidInput/InvalidData.
-        return Err(match source.kind() {
-            io::ErrorKind::InvalidInput
-            | io::ErrorKind::InvalidData
-            | io::ErrorKind::UnexpectedEof
-                if compressed =>
-            {
-                BuildLogError::Corrupt { path, source }
-            }
-            _ => BuildLogError::Read { path, source },
-        });
-    }
+    let mut out = match res {
+        Ok(out) => out,
+        Err(source) => return Err(read_error(path, compressed, source)),
+    };
     if out.len() as u64 > MAX_BUILD_LOG {
         out.truncate(MAX_BUILD_LOG as usize);
         out.extend_from_slice(TRUNCATED_MARKER.as_bytes());
     }
     Ok(out)
+}
+
+/// Reads at most `MAX_BUILD_LOG + 1` bytes (one more than the cap tells a
+/// log of exactly the cap from a longer one) into a buffer that never
+/// holds more than that plus the marker: `read_to_end` doubles its buffer,
+/// which near the cap means 128 MiB for a 64 MiB log.
+fn read_bounded(mut reader: impl Read, size_hint: u64) -> io::Result<Vec<u8>> {
+    let limit = (MAX_BUILD_LOG + 1) as usize;
+    let most = limit + TRUNCATED_MARKER.len();
+    let mut out: Vec<u8> = Vec::new();
+    reserve_to(
+        &mut out,
+        (size_hint as usize).clamp(4096, limit) + TRUNCATED_MARKER.len(),
+    )?;
+    let mut chunk = vec![0u8; 64 << 10];
+    while out.len() < limit {
+        let want = chunk.len().min(limit - out.len());
+        let n = match reader.read(&mut chunk[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if out.len() + n > out.capacity() {
+            let grown = out.capacity().saturating_mul(2).max(out.len() + n);
+            reserve_to(&mut out, grown.min(most))?;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    out.shrink_to_fit();
+    Ok(out)
+}
+
+/// Grows `out` to hold `capacity` bytes, reporting an allocation failure
+/// as an I/O error rather than aborting the daemon.
+fn reserve_to(out: &mut Vec<u8>, capacity: usize) -> io::Result<()> {
+    out.try_reserve_exact(capacity.saturating_sub(out.len()))
+        .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))
+}
+
+fn read_error(path: &Path, compressed: bool, source: io::Error) -> BuildLogError {
+    let path = path.to_owned();
+    // The bzip2 decoder reports bad data as InvalidInput/InvalidData.
+    match source.kind() {
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            if compressed =>
+        {
+            BuildLogError::Corrupt { path, source }
+        }
+        _ => BuildLogError::Read { path, source },
+    }
 }
 
 /// Publishes `drv`'s build log to `target` as `log/<drv basename>` unless

@@ -7,7 +7,11 @@
 //! credentials: `file://` directly, `s3://` and `http(s)://` through
 //! object_store. Keys come from narinfos, which are untrusted input, so a
 //! key that could leave the cache (`..`, an absolute path, a URL) is
-//! refused ([`is_cache_key`]).
+//! refused ([`is_cache_key`]), and a `file://` cache's symbolic links,
+//! FIFOs and devices are not read ([`local`]). Sizes are capped, and xz
+//! decoding has a memory limit: a cache may hold decompression bombs.
+
+mod local;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -21,13 +25,20 @@ use object_store::GetOptions;
 use object_store::path::Path as ObjectPath;
 
 use crate::error::{RemoteErrorKind, UploadError};
-use crate::object_target::ObjectStoreTarget;
+use crate::object_target::{ObjectStoreTarget, is_missing_key};
 use crate::remote::Remote;
 use crate::target_url::{TargetConfig, TargetLocation};
 
-/// Largest small file read whole: a narinfo is a few KiB, but a `.ls`
-/// listing of a big tree can reach tens of MiB.
-pub const MAX_SMALL_FILE: u64 = 256 * 1024 * 1024;
+/// Largest narinfo (or `nix-cache-info`) read: real ones are a few KiB,
+/// even with thousands of references.
+pub const MAX_NARINFO: u64 = 1024 * 1024;
+
+/// Largest `.ls` listing read: a big tree's listing reaches a few MiB.
+pub const MAX_LISTING: u64 = 64 * 1024 * 1024;
+
+/// Memory the xz decoder may use. Nix's own `xz -9` needs 65 MiB; more
+/// than this is a header asking for memory it has no use for.
+pub const XZ_MEMLIMIT: u64 = 256 * 1024 * 1024;
 
 /// How long a NAR download may go without receiving a byte. Long enough
 /// for a slow server, short enough that a stalled one ends the check.
@@ -134,7 +145,8 @@ impl CacheReader {
             Kind::Object { remote, listable } => {
                 if !listable {
                     return Err(UploadError::Internal(format!(
-                        "{} cannot be listed",
+                        "{} cannot be listed (HTTP caches answer no listing request): name \
+                         the paths to check, or verify the storage behind it via file:// or s3://",
                         self.id
                     )));
                 }
@@ -167,8 +179,9 @@ impl CacheReader {
     }
 
     /// Reads a small file whole; `None` if it does not exist. Refuses
-    /// files over [`MAX_SMALL_FILE`] bytes.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, UploadError> {
+    /// files over `max` bytes ([`MAX_NARINFO`], [`MAX_LISTING`]) without
+    /// reading more than that.
+    pub async fn get(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>, UploadError> {
         let Some(mut blob) = self.open_blob(key).await? else {
             return Ok(None);
         };
@@ -176,13 +189,22 @@ impl CacheReader {
         tokio::task::spawn_blocking(move || {
             let mut buf = Vec::new();
             let n = (&mut blob)
-                .take(MAX_SMALL_FILE + 1)
+                .take(max + 1)
                 .read_to_end(&mut buf)
                 .map_err(|e| read_error(&id, &key, e))?;
-            if n as u64 > MAX_SMALL_FILE {
-                return Err(UploadError::Internal(format!(
-                    "{id}: {key} is over {MAX_SMALL_FILE} bytes, too large for what it should be"
-                )));
+            if n as u64 > max {
+                return Err(UploadError::TargetIo {
+                    target: id,
+                    op: "read",
+                    path: key,
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "larger than {max} bytes, more than such a file ever needs; it was \
+                             not read. Delete or replace it"
+                        ),
+                    ),
+                });
             }
             Ok(Some(buf))
         })
@@ -201,19 +223,34 @@ impl CacheReader {
         }
         match &self.kind {
             Kind::File { root } => {
-                let path = root.join(key);
+                let (root, key) = (root.clone(), key.to_owned());
                 let id = self.id.clone();
-                tokio::task::spawn_blocking(move || match File::open(&path) {
-                    Ok(f) => Ok(Some(BlobReader {
-                        inner: BlobInner::File(f),
-                    })),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(UploadError::TargetIo {
-                        target: id,
+                tokio::task::spawn_blocking(move || {
+                    let refused = |m: String| UploadError::TargetIo {
+                        target: id.clone(),
                         op: "open",
-                        path: path.display().to_string(),
-                        source: e,
-                    }),
+                        path: root.join(&key).display().to_string(),
+                        source: io::Error::new(io::ErrorKind::InvalidData, m),
+                    };
+                    match local::open_beneath(&root, &key) {
+                        Ok(f) => Ok(f.map(|f| BlobReader {
+                            inner: BlobInner::File(f),
+                        })),
+                        Err(local::OpenError::Symlink { at }) => Err(refused(format!(
+                            "{at} is a symbolic link, which verify does not follow (it could \
+                             lead outside the cache); replace it with the file or directory \
+                             itself, or verify the cache where the link points"
+                        ))),
+                        Err(local::OpenError::NotAFile { what }) => Err(refused(format!(
+                            "{what}, not a regular file; a cache holds only files: remove it"
+                        ))),
+                        Err(local::OpenError::Io(e)) => Err(UploadError::TargetIo {
+                            target: id.clone(),
+                            op: "open",
+                            path: root.join(&key).display().to_string(),
+                            source: e,
+                        }),
+                    }
                 })
                 .await
                 .map_err(|e| UploadError::Internal(format!("open task failed: {e}")))?
@@ -237,13 +274,6 @@ impl CacheReader {
             }
         }
     }
-}
-
-/// A 404 for the key itself, not for the whole bucket (`NoSuchBucket`
-/// must not pass for an empty cache).
-fn is_missing_key(e: &UploadError) -> bool {
-    matches!(e, UploadError::Remote { kind: RemoteErrorKind::NotFound, detail, .. }
-        if !detail.contains("NoSuchBucket"))
 }
 
 fn read_error(id: &str, key: &str, e: io::Error) -> UploadError {
@@ -308,7 +338,9 @@ pub fn decompressor<'a>(
 ) -> Option<io::Result<Box<dyn Read + 'a>>> {
     Some(match name {
         "none" => Ok(input),
-        "xz" => Ok(Box::new(liblzma::read::XzDecoder::new_multi_decoder(input))),
+        // Concatenated streams like `xz -d`, within a memory limit: the
+        // header says how much the decoder allocates, and it is untrusted.
+        "xz" => xz_decoder(input, XZ_MEMLIMIT),
         // Nix's default before zstd, and what a missing Compression means.
         "bzip2" => Ok(Box::new(bzip2::read::MultiBzDecoder::new(input))),
         "zstd" => {
@@ -318,75 +350,17 @@ pub fn decompressor<'a>(
     })
 }
 
+fn xz_decoder<'a>(input: Box<dyn Read + 'a>, memlimit: u64) -> io::Result<Box<dyn Read + 'a>> {
+    let stream =
+        liblzma::stream::Stream::new_stream_decoder(memlimit, liblzma::stream::CONCATENATED)
+            .map_err(io::Error::other)?;
+    Ok(Box::new(liblzma::read::XzDecoder::new_stream(
+        input, stream,
+    )))
+}
+
 /// The decompression methods [`decompressor`] reads.
 pub const READABLE_COMPRESSIONS: &[&str] = &["none", "xz", "zstd", "bzip2"];
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_that_leave_the_cache_are_refused() {
-        for good in ["nar/abc.nar.zst", "x.narinfo", "a/b/c"] {
-            assert!(is_cache_key(good), "{good}");
-        }
-        for bad in [
-            "",
-            "/etc/passwd",
-            "../x",
-            "nar/../../x",
-            "nar//x",
-            "./x",
-            "http://evil/x",
-            "nar/x?y",
-            "nar\\x",
-        ] {
-            assert!(!is_cache_key(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn decompressors_round_trip() {
-        let data = b"nix-archive-1 and then some".repeat(100);
-        let zst = zstd::encode_all(&data[..], 3).unwrap();
-        let mut xz = Vec::new();
-        liblzma::read::XzEncoder::new(&data[..], 6)
-            .read_to_end(&mut xz)
-            .unwrap();
-        let mut bz = Vec::new();
-        bzip2::read::BzEncoder::new(&data[..], bzip2::Compression::default())
-            .read_to_end(&mut bz)
-            .unwrap();
-        for (name, bytes) in [("none", &data), ("zstd", &zst), ("xz", &xz), ("bzip2", &bz)] {
-            let mut out = Vec::new();
-            decompressor(name, Box::new(&bytes[..]))
-                .unwrap()
-                .unwrap()
-                .read_to_end(&mut out)
-                .unwrap();
-            assert_eq!(out, data, "{name}");
-        }
-        assert!(decompressor("br", Box::new(&data[..])).is_none());
-    }
-
-    #[tokio::test]
-    async fn file_cache_lists_and_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let hash = "0".repeat(32);
-        std::fs::write(dir.path().join(format!("{hash}.narinfo")), "x").unwrap();
-        std::fs::write(dir.path().join("junk.narinfo"), "x").unwrap();
-        std::fs::write(dir.path().join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
-        let cfg = TargetConfig::parse(&format!("file://{}", dir.path().display())).unwrap();
-        let r = CacheReader::open(&cfg).unwrap();
-        assert!(r.can_list());
-        let (good, odd) = r.list_narinfos().await.unwrap();
-        assert_eq!(good, vec![hash.clone()]);
-        assert_eq!(odd, vec!["junk.narinfo".to_owned()]);
-        assert_eq!(
-            r.get("nix-cache-info").await.unwrap().unwrap(),
-            b"StoreDir: /nix/store\n"
-        );
-        assert!(r.get("missing.narinfo").await.unwrap().is_none());
-        assert!(r.get("../etc").await.is_err());
-    }
-}
+mod tests;

@@ -29,8 +29,9 @@ pub struct ClosureReport {
     pub nar_bytes: u64,
     pub file_bytes: u64,
     /// Paths the target lacks that the [`PathSelector`] left out, with why.
-    /// Their referrers are still uploaded: clients get these paths from
-    /// the upstream cache that serves them.
+    /// Either the root alone (then nothing else was uploaded: nothing we
+    /// publish needs its closure), or references an upstream serves, whose
+    /// referrers are still uploaded: clients get them from that upstream.
     pub skipped: Vec<(StorePath, Skip)>,
 }
 
@@ -85,16 +86,31 @@ impl std::fmt::Display for Skip {
 /// so a closure already uploaded costs no questions. It cannot fail: a
 /// selector that cannot tell (an upstream cache unreachable) must answer
 /// "upload", since uploading too much is harmless and too little is not.
+///
+/// A reference of a path that is uploaded must be skipped only when
+/// something else serves it (an upstream): the cache must never publish
+/// a narinfo whose references nobody serves. Rules that are the user's
+/// choice alone (name patterns) may therefore only skip the `root`.
 pub trait PathSelector: Send + Sync {
     /// One answer per path, in the order given; `None`: upload it.
-    fn skips<'a>(&'a self, paths: &'a [&'a PathInfo]) -> BoxFuture<'a, Vec<Option<Skip>>>;
+    /// `root` is the path whose closure `paths` are part of (it may be
+    /// among them).
+    fn skips<'a>(
+        &'a self,
+        root: &'a StorePath,
+        paths: &'a [&'a PathInfo],
+    ) -> BoxFuture<'a, Vec<Option<Skip>>>;
 }
 
 /// Uploads every path: no filters.
 pub struct UploadAll;
 
 impl PathSelector for UploadAll {
-    fn skips<'a>(&'a self, paths: &'a [&'a PathInfo]) -> BoxFuture<'a, Vec<Option<Skip>>> {
+    fn skips<'a>(
+        &'a self,
+        _root: &'a StorePath,
+        paths: &'a [&'a PathInfo],
+    ) -> BoxFuture<'a, Vec<Option<Skip>>> {
         Box::pin(async move { vec![None; paths.len()] })
     }
 }
@@ -113,8 +129,9 @@ pub async fn upload_closure(
     upload_closure_selected(pool, target, cfg, keys, root, &UploadAll).await
 }
 
-/// [`upload_closure`], leaving out what `selector` skips (the root too, if
-/// it says so). A skipped path does not block its referrers.
+/// [`upload_closure`], leaving out what `selector` skips. A skipped root
+/// uploads nothing (its closure is needed by nothing we publish); a
+/// skipped reference does not block its referrers.
 pub async fn upload_closure_selected(
     pool: &StorePool,
     target: &dyn Target,
@@ -150,9 +167,14 @@ pub async fn upload_closure_selected(
     let mut skips = lacking
         .iter()
         .map(|info| info.path.clone())
-        .zip(selector.skips(&lacking).await)
+        .zip(selector.skips(root, &lacking).await)
         .filter_map(|(path, skip)| Some((path, skip?)))
         .collect::<std::collections::BTreeMap<_, _>>();
+    if let Some(skip) = skips.remove(root) {
+        report.already_present = present.iter().filter(|p| **p).count();
+        report.skipped.push((root.clone(), skip));
+        return Ok(report);
+    }
     // `closure` orders references before referrers, which is the order
     // narinfos must appear in.
     for (info, present) in closure.paths.iter().zip(present) {

@@ -21,6 +21,7 @@ use nix_outbox_core::atomic_write::{self, AtomicWriteError};
 use crate::error::UploadError;
 use crate::target::{
     BoxFuture, NarWriter, Target, check_drv_name, check_hash_part, check_nar_name,
+    check_realisation_id,
 };
 use crate::writeback::WritebackFile;
 
@@ -176,6 +177,35 @@ impl Target for FileTarget {
         })
     }
 
+    fn has_realisation<'a>(&'a self, rid: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        Box::pin(async move {
+            check_realisation_id(rid)?;
+            let path = self.root.join("realisations").join(format!("{rid}.doi"));
+            let id = self.id.clone();
+            blocking(move || match fs::symlink_metadata(&path) {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(io_err(&id, "look up", &path, e)),
+            })
+            .await
+        })
+    }
+
+    fn put_realisation<'a>(
+        &'a self,
+        rid: &'a str,
+        json: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        Box::pin(async move {
+            check_realisation_id(rid)?;
+            // Created on demand, like `log/`.
+            let (dir, id) = (self.root.join("realisations"), self.id.clone());
+            blocking(move || fs::create_dir_all(&dir).map_err(|e| io_err(&id, "create", &dir, e)))
+                .await?;
+            self.put(format!("realisations/{rid}.doi"), json).await
+        })
+    }
+
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>> {
         Box::pin(async move {
             let (dir, id) = (self.root.join("nar"), self.id.clone());
@@ -216,6 +246,10 @@ fn sweep_stale_temps(root: &Path) {
         }),
         // Build logs, written like narinfos.
         (root.join("log"), |n: &str| {
+            n.starts_with('.') && n.contains(".tmp.")
+        }),
+        // Realisations, likewise.
+        (root.join("realisations"), |n: &str| {
             n.starts_with('.') && n.contains(".tmp.")
         }),
     ] {

@@ -12,6 +12,8 @@
 //!   [`upload_closure`] does that for a closure, references first.
 //! - [`upload_build_log`] publishes a derivation's build log as
 //!   `log/<drv>` (read from Nix's log directory, decompressed, capped).
+//! - [`upload_realisation`] publishes a content-addressed derivation
+//!   output's realisation, signed, as `realisations/<id>.doi`.
 //! - [`UploadError::is_transient`] tells the caller how soon to retry.
 //! - [`CacheReader`] reads a cache back (narinfos, NAR streams, listing),
 //!   for `nix-outbox verify`.
@@ -28,6 +30,7 @@ mod multipart_cleanup;
 mod multipart_writer;
 mod object_target;
 mod pipeline;
+mod realisation;
 mod remote;
 mod sink;
 mod spool_writer;
@@ -43,7 +46,8 @@ pub use build_log::{
     read_build_log, upload_build_log,
 };
 pub use cache_reader::{
-    BlobReader, CacheReader, READABLE_COMPRESSIONS, decompressor, is_cache_key,
+    BlobReader, CacheReader, MAX_LISTING, MAX_NARINFO, READABLE_COMPRESSIONS, decompressor,
+    is_cache_key,
 };
 pub use closure_upload::{
     ClosureReport, PathSelector, Skip, SkipReason, UploadAll, upload_closure,
@@ -54,6 +58,10 @@ pub use error::{NarDigest, RemoteErrorKind, UploadError};
 pub use file_target::FileTarget;
 pub use object_target::ObjectStoreTarget;
 pub use pipeline::{PathOutcome, upload_path};
+pub use realisation::{
+    RealisationError, RealisationOutcome, realisation_fingerprint, realisation_key,
+    sign_realisation, upload_realisation,
+};
 pub use target::{BoxFuture, EXISTENCE_CONCURRENCY, NarWriter, Target, UploadClaim, open_target};
 pub use target_url::{TargetConfig, TargetLocation, TargetUrlError};
 pub use throttle::{WAIT_IN_REQUEST, parse_retry_after};

@@ -33,7 +33,9 @@ use crate::multipart_cleanup::{self, MultipartCleanup};
 use crate::multipart_writer::MultipartNarWriter;
 use crate::remote::{self, Remote};
 use crate::spool_writer::SpoolNarWriter;
-use crate::target::{BoxFuture, NarWriter, Target, check_drv_name, check_hash_part};
+use crate::target::{
+    BoxFuture, NarWriter, Target, check_drv_name, check_hash_part, check_realisation_id,
+};
 use crate::target_url::{TargetConfig, TargetLocation};
 use crate::throttle::{Throttle, ThrottledConnector};
 
@@ -187,7 +189,7 @@ impl ObjectStoreTarget {
 
 /// A 404 for the key itself, not for the whole bucket (which S3 reports
 /// as `NoSuchBucket` and must not pass for an empty cache).
-fn is_missing_key(e: &UploadError) -> bool {
+pub(crate) fn is_missing_key(e: &UploadError) -> bool {
     matches!(e, UploadError::Remote { kind: RemoteErrorKind::NotFound, detail, .. }
         if !detail.contains("NoSuchBucket"))
 }
@@ -216,6 +218,9 @@ fn with_ambient_credentials(mut b: AmazonS3Builder) -> AmazonS3Builder {
     }
     b
 }
+
+/// What Nix's `BinaryCacheStore::registerDrvOutput` sends a realisation as.
+const REALISATION_TYPE: &str = "application/json";
 
 /// What Nix's `BinaryCacheStore::addBuildLog` sends a build log as.
 const LOG_TYPE: &str = "text/plain; charset=utf-8";
@@ -360,6 +365,45 @@ impl Target for ObjectStoreTarget {
             // Uncompressed, as Nix's `log-compression` defaults to none.
             self.remote
                 .put(&format!("log/{drv}"), log.into(), LOG_TYPE)
+                .await
+        })
+    }
+
+    fn has_realisation<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        Box::pin(async move {
+            check_realisation_id(id)?;
+            let key = format!("realisations/{id}.doi");
+            let path = ObjectPath::from(key.as_str());
+            let head = self
+                .remote
+                .store
+                .get_opts(&path, GetOptions::new().with_head(true));
+            match self.remote.deadline("look up", &key, 0, head).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_missing_key(&e) => Ok(false),
+                // As for build logs: without s3:ListBucket a missing key is 403.
+                Err(UploadError::Remote {
+                    kind: RemoteErrorKind::Credentials | RemoteErrorKind::Denied,
+                    ..
+                }) if self.remote.is_s3 => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn put_realisation<'a>(
+        &'a self,
+        id: &'a str,
+        json: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        Box::pin(async move {
+            check_realisation_id(id)?;
+            self.remote
+                .put(
+                    &format!("realisations/{id}.doi"),
+                    json.into(),
+                    REALISATION_TYPE,
+                )
                 .await
         })
     }

@@ -134,6 +134,29 @@ pub trait Target: Send + Sync {
         })
     }
 
+    /// Whether `realisations/<id>.doi` exists. The default, for targets
+    /// that keep no realisations, says no.
+    fn has_realisation<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        let _ = id;
+        Box::pin(async { Ok(false) })
+    }
+
+    /// Writes (or replaces) `realisations/<id>.doi`, a content-addressed
+    /// derivation output's realisation (JSON). The default refuses.
+    fn put_realisation<'a>(
+        &'a self,
+        id: &'a str,
+        json: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        let _ = json;
+        Box::pin(async move {
+            Err(UploadError::Internal(format!(
+                "{}: this target cannot store realisations (realisations/{id}.doi)",
+                self.id()
+            )))
+        })
+    }
+
     /// Starts a NAR upload. The pipeline then calls
     /// [`NarWriter::prepare`] before writing; a target wrapping another
     /// hands its writer through untouched.
@@ -226,6 +249,18 @@ pub(crate) fn check_drv_name(name: &str) -> Result<(), UploadError> {
         _ => Err(UploadError::Internal(format!(
             "{name:?} is not a derivation's store path basename"
         ))),
+    }
+}
+
+/// Refuses a realisation id that is not `<algo>:<digest>!<output>` (so
+/// `realisations/<id>.doi` stays one file in the cache).
+pub(crate) fn check_realisation_id(id: &str) -> Result<(), UploadError> {
+    if nix_outbox_store::is_valid_drv_output_id(id) {
+        Ok(())
+    } else {
+        Err(UploadError::Internal(format!(
+            "{id:?} is not a derivation output id"
+        )))
     }
 }
 

@@ -46,8 +46,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => println!("metrics-address = none   (no metrics served)"),
     }
     println!(
-        "upload-build-logs = {}   (log/<drv> for hook requests, read from build-log-dir = {:?})",
+        "upload-build-logs = {}   (log/<drv> for hook requests, read from build-log-dir = {:?}; off by default: logs may hold secrets)",
         cfg.extras.upload_build_logs, cfg.extras.build_log_dir
+    );
+    println!(
+        "upload-realisations = {}   (realisations/<id>.doi for content-addressed derivations' outputs)",
+        cfg.extras.upload_realisations
     );
     println!(
         "sign-local-store = {}   (add our signatures to the local store's records of build outputs)",

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use nix_outbox::config::Config;
+use nix_outbox::service::filters::upstream_among_targets;
 use nix_outbox::service::{Filters, Selection};
 use nix_outbox_core::StorePath;
 use nix_outbox_core::keys::SecretKey;
@@ -55,6 +56,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|u| TargetConfig::parse(u).with_context(|| format!("--to {u:?}")))
             .collect::<anyhow::Result<_>>()?
     };
+    // A --to cache that is also an upstream would have every path count
+    // as served upstream: nothing would be uploaded, silently.
+    if !args.no_filters
+        && let Some(u) = upstream_among_targets(&cfg.upstream_caches, &targets)
+    {
+        let to = args
+            .to
+            .iter()
+            .zip(&targets)
+            .find(|(_, t)| t.id() == u.id())
+            .map_or_else(|| u.to_string(), |(spelled, _)| spelled.clone());
+        bail!(
+            "--to {to:?} is also listed in upstream-caches (as {u}, in {}): every path would \
+             count as served upstream and nothing would be uploaded; copy to another cache, \
+             remove it from upstream-caches, or pass --no-filters to ignore filters and \
+             upstream caches",
+            cfg.source
+        );
+    }
     let paths = store_paths(&cfg, &args.paths)?;
     let keys = signing_keys(&cfg)?;
     let opened = targets
@@ -165,6 +185,20 @@ async fn copy_all(
                         r.blocked.len(),
                         missing.join(" ")
                     ));
+                }
+                Ok(r) if r.skipped.iter().any(|(p, _)| p == path) => {
+                    // Named by the user and left out: say so unmistakably,
+                    // never as an upload (nothing of its closure was sent).
+                    let skip = r
+                        .skipped
+                        .iter()
+                        .find(|(p, _)| p == path)
+                        .map(|(_, s)| s.to_string())
+                        .unwrap_or_default();
+                    println!(
+                        "NOT uploaded: {shown}: {skip} (to {}; use --no-filters to upload it anyway)",
+                        target.id()
+                    );
                 }
                 Ok(r) => println!(
                     "{shown} → {}: uploaded {}, already present {}, {} NAR bytes, {} compressed, {secs:.2} s{}",

@@ -159,8 +159,40 @@ fn from_systemd(cfg: &Config, inherited: InheritedSocket) -> anyhow::Result<Unix
             cfg.socket.display()
         ),
     }
+    if let Some(path) = &inherited.path {
+        check_socket_access(cfg, path)?;
+    }
     inherited.listener.set_nonblocking(true)?;
     Ok(UnixListener::from_std(inherited.listener)?)
+}
+
+/// Refuses a systemd socket that lets others enqueue: whoever can connect
+/// can make the daemon sign and upload any store path. We bind our own
+/// socket 0600 (0660 with `socket-group`); an edited unit may not be.
+fn check_socket_access(cfg: &Config, path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot check the permissions of {}", path.display()))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 || (mode & 0o020 != 0 && cfg.socket_group.is_none()) {
+        bail!(
+            "nix-outbox.socket has SocketMode={mode:04o}: any local user could enqueue uploads; \
+             set SocketMode=0600 (or SocketGroup= and 0660), e.g. with nix-outbox install-systemd"
+        );
+    }
+    if let Some(group) = &cfg.socket_group {
+        match group_id(group) {
+            Ok(gid) if gid == meta.gid() => {}
+            Ok(_) => tracing::warn!(
+                "{} is not owned by socket-group {group}, so that group's members cannot \
+                 connect; set SocketGroup={group} in nix-outbox.socket (nix-outbox install-systemd \
+                 does)",
+                path.display()
+            ),
+            Err(e) => tracing::warn!("{e:#}; cannot check the group of {}", path.display()),
+        }
+    }
+    Ok(())
 }
 
 /// The configured upstream caches, opened read-only (only existence checks

@@ -10,7 +10,7 @@ use nix_outbox::config::Config;
 use nix_outbox_core::StorePath;
 use nix_outbox_hook::client;
 use nix_outbox_hook::protocol::{HookRequest, MAX_OUT_PATHS};
-use nix_outbox_queue::{Queue, Source};
+use nix_outbox_queue::{Job, JobState, Queue, Source};
 
 use super::wait;
 
@@ -51,6 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut last_id = 0;
     let count = paths.len();
+    let pushed: Vec<String> = paths.iter().map(|p| p.as_str().to_owned()).collect();
     for req in batches(paths, sd) {
         let timeout = Duration::from_millis(cfg.hook_timeout_ms.max(5000));
         last_id = match client::send(&cfg.socket, &req, sd, timeout) {
@@ -93,9 +94,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         progress::follow(&cfg, last_id, deadline, terminal)?;
         // Outstanding work is done (or the deadline passed): `wait` with no
         // time left checks once and says which, with its usual report.
-        return wait::wait_for(&cfg, last_id, args.timeout.map(|_| 0));
+        wait::wait_for(&cfg, last_id, args.timeout.map(|_| 0))?;
+        let skipped = skipped_jobs(&cfg, &pushed)?;
+        let listed = &skipped[..skipped.len().min(wait::LIST_SKIPPED)];
+        eprintln!(
+            "{}",
+            wait::done_message(&cfg, last_id, skipped.len() as u64, listed)
+        );
     }
     Ok(())
+}
+
+/// The jobs of the pushed paths (basenames) settled as `skipped`: what
+/// this push asked for and did not get. Other requests' skips are `wait`'s
+/// business.
+fn skipped_jobs(cfg: &Config, pushed: &[String]) -> anyhow::Result<Vec<Job>> {
+    let q = Queue::open(&cfg.queue_path())?;
+    let mut out = Vec::new();
+    for path in pushed {
+        for t in &cfg.targets {
+            if let Some(job) = q.job(path, &t.id())?
+                && job.state == JobState::Skipped
+            {
+                out.push(job);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Splits `paths` into requests that each fit one hook frame (at most

@@ -88,35 +88,50 @@ pub(crate) fn snapshot(cfg: &Config) -> anyhow::Result<Snapshot> {
     })
 }
 
-/// Whether the daemon is up: it accepts on the hook socket (a connection
-/// closed without a request is its liveness probe). A user who may not
-/// connect (mode 0600) gets the progress file's word instead: fresh and
-/// written by a live process.
+/// Whether the daemon is up. Its progress file is asked first: fresh and
+/// written by a live process means running, without touching the socket
+/// (under socket activation a connection would start the daemon, and
+/// systemd accepts on the socket whether the daemon runs or not). Only
+/// without a fresh file is the socket tried (a connection closed without a
+/// request is the daemon's liveness probe).
 pub(crate) fn daemon(cfg: &Config, now: i64) -> Daemon {
     let file = progress::read(&cfg.progress_path());
-    let fresh = file.clone().filter(|f| {
-        f.updated_at >= now - 3 * HEARTBEAT.as_secs() as i64
-            && std::path::Path::new(&format!("/proc/{}", f.pid)).exists()
-    });
+    let pid_alive =
+        |f: &progress::ProgressFile| std::path::Path::new(&format!("/proc/{}", f.pid)).exists();
+    if let Some(f) = file
+        .as_ref()
+        .filter(|f| f.updated_at >= now - 3 * HEARTBEAT.as_secs() as i64 && pid_alive(f))
+    {
+        return Daemon {
+            running: true,
+            how: format!("pid {}, serving {}", f.pid, cfg.socket.display()),
+            progress: Some(f.clone()),
+        };
+    }
     let socket = cfg.socket.display();
     match std::os::unix::net::UnixStream::connect(&cfg.socket) {
-        Ok(_) => Daemon {
-            running: true,
-            how: format!("accepting on {socket}"),
-            progress: fresh,
+        Ok(_) => match &file {
+            None => Daemon {
+                running: true,
+                how: format!("accepting on {socket}"),
+                progress: None,
+            },
+            Some(f) => Daemon {
+                running: false,
+                how: format!(
+                    "the socket {socket} accepts (systemd may hold it) but the daemon has not \
+                     reported for {}s",
+                    (now - f.updated_at).max(0)
+                ),
+                progress: None,
+            },
         },
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Daemon {
-            running: fresh.is_some(),
-            how: match &fresh {
-                Some(f) => format!(
-                    "pid {} (no permission to connect to {socket}; judged by its progress file)",
-                    f.pid
-                ),
-                None => format!(
-                    "no permission to connect to {socket}, and no fresh progress file from it"
-                ),
-            },
-            progress: fresh,
+            running: false,
+            how: format!(
+                "no permission to connect to {socket}, and no fresh progress file from it"
+            ),
+            progress: None,
         },
         Err(e) => Daemon {
             running: false,

@@ -20,14 +20,14 @@ use std::sync::Arc;
 use anyhow::{Context as _, anyhow, bail};
 use nix_outbox_core::StoreDir;
 use nix_outbox_core::keys::PublicKey;
-use nix_outbox_upload::{CacheReader, TargetConfig, TargetLocation};
+use nix_outbox_upload::{CacheReader, MAX_LISTING, MAX_NARINFO, TargetConfig, TargetLocation};
 
-#[path = "verify_check.rs"]
 mod check;
-#[path = "verify_report.rs"]
+mod references;
 mod report;
 
 use check::{Found, Problem};
+use references::Upstream;
 use report::{ReadError, Report};
 
 #[derive(clap::Args)]
@@ -48,6 +48,12 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Caches that serve paths this cache leaves out on purpose (as
+    /// nix-outbox's `upstream-keys` does for cache.nixos.org's): a reference
+    /// missing here but present there is a note, not a problem. Repeat the
+    /// option or separate URLs by spaces.
+    #[arg(long, value_name = "URL")]
+    upstream: Vec<String>,
     /// Paths checked at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
@@ -71,11 +77,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("nix-outbox verify: usage error: {e:#}");
             2
         }
-        Ok((cfg, keys)) => {
+        Ok((cfg, keys, upstream)) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            match rt.block_on(verify(&args, &cfg, keys)) {
+            match rt.block_on(verify(&args, &cfg, keys, upstream)) {
                 Ok(report) => {
                     let mut out = std::io::stdout().lock();
                     if args.json {
@@ -102,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Everything that can be wrong with the command line, before any I/O on
 /// the cache.
-fn prepare(args: &Args) -> anyhow::Result<(TargetConfig, Vec<PublicKey>)> {
+fn prepare(args: &Args) -> anyhow::Result<(TargetConfig, Vec<PublicKey>, Vec<TargetConfig>)> {
     let cfg =
         TargetConfig::parse(&args.cache).with_context(|| format!("--cache {:?}", args.cache))?;
     if args.all && matches!(cfg.location, TargetLocation::Http { .. }) {
@@ -121,7 +127,11 @@ fn prepare(args: &Args) -> anyhow::Result<(TargetConfig, Vec<PublicKey>)> {
     if keys.is_empty() {
         bail!("--trusted-public-keys holds no key");
     }
-    Ok((cfg, keys))
+    let mut upstream = Vec::new();
+    for url in args.upstream.iter().flat_map(|a| a.split_whitespace()) {
+        upstream.push(TargetConfig::parse(url).with_context(|| format!("--upstream {url:?}"))?);
+    }
+    Ok((cfg, keys, upstream))
 }
 
 /// One key, or a file of keys (as `nix-store --generate-binary-cache-key`
@@ -142,7 +152,12 @@ fn parse_keys(word: &str) -> anyhow::Result<Vec<PublicKey>> {
     }
 }
 
-async fn verify(args: &Args, cfg: &TargetConfig, keys: Vec<PublicKey>) -> anyhow::Result<Report> {
+async fn verify(
+    args: &Args,
+    cfg: &TargetConfig,
+    keys: Vec<PublicKey>,
+    upstream: Vec<TargetConfig>,
+) -> anyhow::Result<Report> {
     if let TargetLocation::File { root } = &cfg.location
         && !root.is_dir()
     {
@@ -151,7 +166,7 @@ async fn verify(args: &Args, cfg: &TargetConfig, keys: Vec<PublicKey>) -> anyhow
     let reader = CacheReader::open(cfg)?;
     let mut notes = Vec::new();
     // Read first: it also tells whether the cache is reachable at all.
-    let store_dir = match reader.get("nix-cache-info").await? {
+    let store_dir = match reader.get("nix-cache-info", MAX_NARINFO).await? {
         Some(text) => {
             let text = String::from_utf8_lossy(&text);
             match text.lines().find_map(|l| l.strip_prefix("StoreDir:")) {
@@ -194,7 +209,7 @@ async fn verify(args: &Args, cfg: &TargetConfig, keys: Vec<PublicKey>) -> anyhow
         (hashes, true)
     };
     let requested: BTreeSet<String> = start.iter().cloned().collect();
-    let (found, errors) =
+    let (found, mut errors) =
         check_all(&ctx, start, follow_refs, args.jobs.into(), &mut problems).await;
     for hash in &requested {
         if found.get(hash) == Some(&Found::Missing) {
@@ -208,11 +223,12 @@ async fn verify(args: &Args, cfg: &TargetConfig, keys: Vec<PublicKey>) -> anyhow
             });
         }
     }
-    problems.extend(check::reference_problems(
-        &ctx.store_dir,
-        &ctx.cache,
-        &found,
-    ));
+    let missing = references::missing_references(&found);
+    let upstream = ask_upstream(&upstream, missing, args.jobs.into(), &mut errors).await?;
+    let (ref_problems, ref_notes) =
+        references::reference_problems(&ctx.store_dir, &ctx.cache, &found, &upstream);
+    problems.extend(ref_problems);
+    notes.extend(ref_notes);
     let mut report = Report {
         cache: ctx.reader.id().to_owned(),
         store_dir: ctx.store_dir.to_string(),
@@ -239,23 +255,34 @@ async fn check_all(
     let mut found = BTreeMap::new();
     let mut errors = Vec::new();
     let mut running = tokio::task::JoinSet::new();
+    // Which path each task checks, to name it if the task panics.
+    let mut hash_of = std::collections::HashMap::new();
     loop {
         while running.len() < jobs
             && let Some(hash) = queue.pop_front()
         {
             let ctx = ctx.clone();
-            running.spawn(async move { check_one(&ctx, hash).await });
+            let task = running.spawn({
+                let hash = hash.clone();
+                async move { check_one(&ctx, hash).await }
+            });
+            hash_of.insert(task.id(), hash);
         }
-        let Some(done) = running.join_next().await else {
+        let Some(done) = running.join_next_with_id().await else {
             break;
         };
         let outcome = match done {
-            Ok(o) => o,
+            Ok((id, o)) => {
+                hash_of.remove(&id);
+                o
+            }
             Err(e) => {
+                let hash = hash_of.remove(&e.id()).unwrap_or_default();
                 errors.push(ReadError {
-                    path: "?".to_owned(),
-                    message: format!("internal error: a check failed: {e}"),
+                    path: hash.clone(),
+                    message: format!("internal error: checking {hash} failed: {e}"),
                 });
+                found.insert(hash, Found::Unusable);
                 continue;
             }
         };
@@ -291,7 +318,11 @@ async fn check_one(ctx: &Ctx, hash: String) -> Outcome {
         path: path.to_owned(),
         message: e.to_string(),
     };
-    let text = match ctx.reader.get(&format!("{hash}.narinfo")).await {
+    let text = match ctx
+        .reader
+        .get(&format!("{hash}.narinfo"), MAX_NARINFO)
+        .await
+    {
         Ok(Some(t)) => t,
         Ok(None) => {
             out.found = Found::Missing;
@@ -320,7 +351,7 @@ async fn check_one(ctx: &Ctx, hash: String) -> Outcome {
     if !url_ok {
         return out;
     }
-    let ls = match ctx.reader.get(&format!("{hash}.ls")).await {
+    let ls = match ctx.reader.get(&format!("{hash}.ls"), MAX_LISTING).await {
         Ok(ls) => ls,
         Err(e) => {
             out.error = Some(read_error(&path, &e));
@@ -349,7 +380,9 @@ async fn check_one(ctx: &Ctx, hash: String) -> Outcome {
     let want_listing = ls.is_some();
     let checked = {
         let info = info.clone();
-        tokio::task::spawn_blocking(move || check::check_nar(blob, &info, want_listing)).await
+        let deadline = check::nar_deadline(&info, std::time::Instant::now());
+        tokio::task::spawn_blocking(move || check::check_nar(blob, &info, want_listing, deadline))
+            .await
     };
     let checked = match checked {
         Ok(c) => c,
@@ -370,7 +403,7 @@ async fn check_one(ctx: &Ctx, hash: String) -> Outcome {
         });
     }
     if let (Some(ls), Some(listing)) = (ls, checked.listing)
-        && let Some(m) = check::listing_problem(&ls, &listing)
+        && let Some(m) = references::listing_problem(&ls, &listing)
     {
         out.problems.push(Problem {
             path,
@@ -381,4 +414,62 @@ async fn check_one(ctx: &Ctx, hash: String) -> Outcome {
         });
     }
     out
+}
+
+/// Asks the `--upstream` caches, in order, for each reference missing from
+/// the cache. A failed request is an error of the run (the answer is
+/// unknown), not a problem of the path.
+async fn ask_upstream(
+    upstream: &[TargetConfig],
+    missing: BTreeSet<String>,
+    jobs: usize,
+    errors: &mut Vec<ReadError>,
+) -> anyhow::Result<BTreeMap<String, Upstream>> {
+    let mut out = BTreeMap::new();
+    if upstream.is_empty() {
+        return Ok(out);
+    }
+    let readers = upstream
+        .iter()
+        .map(|c| Ok((c.id(), CacheReader::open(c)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let readers = Arc::new(readers);
+    let mut queue: VecDeque<String> = missing.into_iter().collect();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < jobs
+            && let Some(hash) = queue.pop_front()
+        {
+            let readers = readers.clone();
+            running.spawn(async move {
+                for (id, r) in readers.iter() {
+                    match r.get(&format!("{hash}.narinfo"), MAX_NARINFO).await {
+                        Ok(Some(_)) => return (hash, Ok(Some(id.clone()))),
+                        Ok(None) => {}
+                        Err(e) => return (hash, Err(format!("asking --upstream {id}: {e}"))),
+                    }
+                }
+                (hash, Ok(None))
+            });
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        let (hash, answer) = done.map_err(|e| anyhow!("internal error: an upstream query: {e}"))?;
+        match answer {
+            Ok(Some(id)) => {
+                out.insert(hash, Upstream::Has(id));
+            }
+            // Nowhere upstream: stays a problem.
+            Ok(None) => {}
+            Err(message) => {
+                errors.push(ReadError {
+                    path: hash.clone(),
+                    message,
+                });
+                out.insert(hash, Upstream::Unknown);
+            }
+        }
+    }
+    Ok(out)
 }

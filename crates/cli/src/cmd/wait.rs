@@ -1,13 +1,15 @@
 //! `nix-outbox wait [--config FILE] [--timeout SECONDS]`: exits 0 once
-//! everything accepted so far (including spooled requests) is uploaded;
-//! non-zero on timeout, listing what is left.
+//! everything accepted so far (including spooled requests) is uploaded or
+//! settled as skipped (listed as left out, never as uploaded); non-zero on
+//! timeout, listing what is left.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use nix_outbox::config::Config;
-use nix_outbox_queue::Queue;
+use nix_outbox_core::StorePath;
+use nix_outbox_queue::{Job, Outstanding, Queue};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,6 +21,9 @@ pub struct Args {
 }
 
 const POLL: Duration = Duration::from_millis(200);
+
+/// How many skipped jobs the final message lists (the count is complete).
+pub const LIST_SKIPPED: usize = 20;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = Config::load(args.config.as_deref())?;
@@ -49,23 +54,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let upto = Queue::open(&cfg.queue_path())?.max_request_id()?;
-    wait_for(
+    let left = wait_for(
         &cfg,
         upto,
         args.timeout
             .map(|t| deadline.map_or(t, |d| d.saturating_duration_since(Instant::now()).as_secs())),
-    )
+    )?;
+    eprintln!(
+        "{}",
+        done_message(&cfg, upto, left.skipped_jobs, &left.skipped)
+    );
+    Ok(())
 }
 
-/// Waits until every request up to `upto` is uploaded (or skipped).
-pub fn wait_for(cfg: &Config, upto: i64, timeout: Option<u64>) -> anyhow::Result<()> {
+/// Waits until every request up to `upto` is uploaded or skipped, and
+/// returns what the last look saw (nothing outstanding; the skipped jobs,
+/// which the caller must report as such).
+pub fn wait_for(cfg: &Config, upto: i64, timeout: Option<u64>) -> anyhow::Result<Outstanding> {
     let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t));
     let q = Queue::open(&cfg.queue_path())?;
     loop {
-        let left = q.outstanding(upto, 20)?;
+        let left = q.outstanding(upto, LIST_SKIPPED)?;
         if left.is_empty() {
-            eprintln!("everything accepted up to request {upto} is uploaded");
-            return Ok(());
+            return Ok(left);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let mut msg = format!(
@@ -89,4 +100,26 @@ pub fn wait_for(cfg: &Config, upto: i64, timeout: Option<u64>) -> anyhow::Result
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// The verdict once nothing is outstanding. Skipped jobs (filtered out,
+/// served upstream, gone from the store) settle a wait too, but must never
+/// read as uploaded: they are counted and listed with their reason.
+pub fn done_message(cfg: &Config, upto: i64, skipped_jobs: u64, skipped: &[Job]) -> String {
+    let mut msg = format!("everything accepted up to request {upto} is uploaded");
+    if skipped_jobs == 0 {
+        return msg;
+    }
+    msg += &format!(", except {skipped_jobs} path(s) left out:");
+    for j in skipped {
+        let shown = StorePath::from_base_name(&j.path)
+            .map_or_else(|_| j.path.clone(), |p| cfg.store_dir.display(&p));
+        let why = j.last_error.as_deref().unwrap_or("skipped");
+        msg += &format!("\n  {shown} → {}: {why}", j.target);
+    }
+    let more = skipped_jobs.saturating_sub(skipped.len() as u64);
+    if more > 0 {
+        msg += &format!("\n  … and {more} more (see nix-outbox status)");
+    }
+    msg
 }

@@ -3,16 +3,20 @@
 //!
 //! A user's own cache should get their builds, not copies of
 //! cache.nixos.org (hydra#1231 re-uploaded 15 GB of substituted paths per
-//! stdenv rebuild). The rules apply to every path of a closure, requested
-//! outputs included. A referrer is still uploaded when a reference is
-//! skipped, as `nix copy` to a cache fronted by upstream does: clients
-//! substitute the reference from upstream, so they need it as a
-//! substituter too.
+//! stdenv rebuild).
+//!
+//! Upstream rules (keys, caches) apply to every path of a closure: a
+//! referrer is still uploaded when a reference is skipped, as `nix copy`
+//! to a cache fronted by upstream does, since clients substitute the
+//! reference from upstream (so they need it as a substituter too). Name
+//! patterns apply only to a job's root, the requested path: a reference
+//! nothing else serves must be uploaded with its referrer, or the cache
+//! would publish a narinfo no client can complete.
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
-use nix_outbox_core::StoreDir;
 use nix_outbox_core::keys::{PublicKey, Signature};
 use nix_outbox_core::narinfo::fingerprint;
+use nix_outbox_core::{StoreDir, StorePath};
 use nix_outbox_store::PathInfo;
 use nix_outbox_upload::{BoxFuture, PathSelector, Skip, SkipReason, TargetConfig};
 
@@ -86,13 +90,26 @@ impl FilterKeys {
                 url: url.clone(),
                 source,
             })?;
-            if targets.iter().any(|t| t.id() == cache.id()) {
+            if upstream_among_targets(std::slice::from_ref(&cache), targets).is_some() {
                 return Err(FilterError::UpstreamIsTarget { url });
             }
             caches.push(cache);
         }
         Ok((filters, caches))
     }
+}
+
+/// The first of `upstreams` that is also one of `targets` (the same cache,
+/// however spelled): with it, every path would count as served upstream
+/// and nothing would be uploaded. Checked for the configured targets at
+/// load, and for `copy --to`.
+pub fn upstream_among_targets<'a>(
+    upstreams: &'a [TargetConfig],
+    targets: &[TargetConfig],
+) -> Option<&'a TargetConfig> {
+    upstreams
+        .iter()
+        .find(|u| targets.iter().any(|t| t.id() == u.id()))
 }
 
 /// A list of glob patterns, compiled, remembering their spelling so a skip
@@ -237,9 +254,12 @@ impl Filters {
             })
     }
 
-    /// The local rules, cheapest first.
-    pub fn check(&self, store_dir: &StoreDir, info: &PathInfo) -> Option<Skip> {
-        self.by_name(info.path.name())
+    /// The local rules, cheapest first. Name patterns only when `is_root`:
+    /// see the module documentation.
+    pub fn check(&self, store_dir: &StoreDir, info: &PathInfo, is_root: bool) -> Option<Skip> {
+        is_root
+            .then(|| self.by_name(info.path.name()))
+            .flatten()
             .or_else(|| self.by_signature(store_dir, info))
     }
 }
@@ -262,11 +282,18 @@ impl Selection {
 }
 
 impl PathSelector for Selection {
-    fn skips<'a>(&'a self, paths: &'a [&'a PathInfo]) -> BoxFuture<'a, Vec<Option<Skip>>> {
+    fn skips<'a>(
+        &'a self,
+        root: &'a StorePath,
+        paths: &'a [&'a PathInfo],
+    ) -> BoxFuture<'a, Vec<Option<Skip>>> {
         Box::pin(async move {
             let mut skips: Vec<Option<Skip>> = paths
                 .iter()
-                .map(|info| self.filters.check(&self.store_dir, info))
+                .map(|info| {
+                    self.filters
+                        .check(&self.store_dir, info, &info.path == root)
+                })
                 .collect();
             // Only what the local rules keep goes to the network, one batch
             // per upstream, each asked only about what earlier ones lack.
@@ -295,156 +322,4 @@ impl PathSelector for Selection {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strings(s: &[&str]) -> Vec<String> {
-        s.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn filters(include: &[&str], exclude: &[&str]) -> Filters {
-        Filters::new(&strings(include), &strings(exclude), Vec::new()).unwrap()
-    }
-
-    #[test]
-    fn include_and_exclude_semantics() {
-        let f = filters(&[], &["*.drv", "*-source", "nixos-system-*"]);
-        assert_eq!(f.by_name("hello-2.12"), None);
-        let skip = f.by_name("hello-2.12.drv").unwrap();
-        assert_eq!(
-            (skip.reason, skip.detail.as_str()),
-            (SkipReason::Excluded, "*.drv")
-        );
-        assert_eq!(f.by_name("nixpkgs-source").unwrap().detail, "*-source");
-        assert_eq!(
-            f.by_name("nixos-system-host-24.05").unwrap().detail,
-            "nixos-system-*"
-        );
-        // Anchored at both ends: `*-source` is no substring search.
-        assert_eq!(f.by_name("source-highlight-3.1"), None);
-
-        let f = filters(&["hello-*", "my-{app,lib}-*"], &["*-doc"]);
-        assert_eq!(f.by_name("hello-2.12"), None);
-        assert_eq!(f.by_name("my-lib-1"), None);
-        assert_eq!(
-            f.by_name("glibc-2.39").map(|s| s.reason),
-            Some(SkipReason::NotIncluded)
-        );
-        // Exclude wins over include.
-        assert_eq!(
-            f.by_name("hello-2.12-doc").map(|s| s.reason),
-            Some(SkipReason::Excluded)
-        );
-        // Case-sensitive, like the store.
-        assert!(f.by_name("Hello-2.12").is_some());
-        // The first matching exclude pattern is the one named.
-        let f = filters(&[], &["a*", "ab*"]);
-        assert_eq!(f.by_name("abc").unwrap().detail, "a*");
-    }
-
-    #[test]
-    fn bad_patterns_are_named() {
-        for (include, exclude, bad) in [
-            (vec!["ok-*", "[oops"], vec![], "[oops"),
-            (vec![], vec!["{a,b"], "{a,b"),
-            (vec![], vec!["*/bin"], "*/bin"),
-        ] {
-            let e = Filters::new(&strings(&include), &strings(&exclude), Vec::new())
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(&format!("{bad:?}")), "{e}");
-            let key = if include.is_empty() {
-                "exclude"
-            } else {
-                "include"
-            };
-            assert!(e.starts_with(key), "{e}");
-        }
-    }
-
-    #[test]
-    fn only_a_signature_that_verifies_counts_not_its_name() {
-        use nix_outbox_core::keys::SecretKey;
-        let sd = StoreDir::default();
-        let upstream = SecretKey::generate("cache.example.org-1").unwrap();
-        // Same name, another key: what anyone can produce.
-        let forger = SecretKey::generate("cache.example.org-1").unwrap();
-        let f = Filters::new(&[], &[], vec![upstream.public_key()]).unwrap();
-        let info = |sigs: Vec<String>| PathInfo {
-            path: sd
-                .parse_path("/nix/store/7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-gcc-13")
-                .unwrap(),
-            deriver: None,
-            nar_hash: nix_outbox_core::hash::Sha256Hash::digest(b"nar"),
-            references: Default::default(),
-            registration_time: 0,
-            nar_size: 3,
-            ultimate: false,
-            sigs: sigs.into_iter().collect(),
-            ca: None,
-        };
-        let unsigned = info(Vec::new());
-        let fp = fingerprint(
-            &sd,
-            &unsigned.path,
-            &unsigned.nar_hash,
-            3,
-            &unsigned.references,
-        );
-        let good = upstream.sign(fp.as_bytes()).to_string();
-        let forged = forger.sign(fp.as_bytes()).to_string();
-        assert_eq!(f.check(&sd, &unsigned), None);
-        assert_eq!(f.check(&sd, &info(vec![forged.clone()])), None);
-        assert_eq!(
-            f.check(&sd, &info(vec!["cache.example.org-1:garbage".into()])),
-            None
-        );
-        let skip = f.check(&sd, &info(vec![forged, good.clone()])).unwrap();
-        assert_eq!(
-            (skip.reason, skip.detail.as_str()),
-            (SkipReason::UpstreamKey, "cache.example.org-1")
-        );
-        // A signature over another path's fingerprint does not transfer.
-        let mut other = info(vec![good]);
-        other.nar_size = 4;
-        assert_eq!(f.check(&sd, &other), None);
-        // Empty upstream-keys: nothing is skipped for its signatures.
-        let none = Filters::new(&[], &[], Vec::new()).unwrap();
-        assert_eq!(
-            none.check(&sd, &info(vec![upstream.sign(fp.as_bytes()).to_string()])),
-            None
-        );
-    }
-
-    #[test]
-    fn config_keys_default_and_validate() {
-        let (f, caches) = FilterKeys::default().resolve(&[]).unwrap();
-        assert_eq!(f.upstream_keys()[0].to_string(), NIXOS_CACHE_KEY);
-        assert!(caches.is_empty());
-        let keys = FilterKeys {
-            upstream_keys: Some(Vec::new()),
-            ..Default::default()
-        };
-        assert!(keys.resolve(&[]).unwrap().0.upstream_keys().is_empty());
-        let e = FilterKeys {
-            upstream_keys: Some(vec!["cache.nixos.org-1".into()]),
-            ..Default::default()
-        }
-        .resolve(&[])
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("upstream-keys") && e.contains("cache.nixos.org-1"),
-            "{e}"
-        );
-        let target = TargetConfig::parse("file:///srv/cache").unwrap();
-        let e = FilterKeys {
-            upstream_caches: Some(vec!["file:///srv/cache".into()]),
-            ..Default::default()
-        }
-        .resolve(&[target])
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("also a target"), "{e}");
-    }
-}
+mod tests;

@@ -23,6 +23,10 @@ use super::Daemon;
 /// one write; anything slower is stuck or hostile.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a stop waits for the connections already accepted: a slow
+/// sender's read timeout, plus the commit and the reply.
+const STOP_GRACE: Duration = Duration::from_secs(READ_TIMEOUT.as_secs() + 2);
+
 /// The most requests in one transaction: bounds how long the first of
 /// them waits for the others to be written.
 const MAX_BATCH: usize = 256;
@@ -41,13 +45,19 @@ pub async fn accept_loop(
 ) -> anyhow::Result<()> {
     // The committer ends once every handler (each holds a sender) is done.
     let (commits, rx) = mpsc::channel(4 * MAX_BATCH);
-    tokio::spawn(commit_loop(d.clone(), rx));
+    let committer = tokio::spawn(commit_loop(d.clone(), rx));
+    // Handlers are kept (not detached) so that a stop waits for the
+    // requests already accepted to be committed and answered: a runtime
+    // shutting down would drop them unanswered.
+    let mut handlers = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => break,
+            // Reaps finished handlers so the set stays small.
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             res = listener.accept() => match res {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle(d.clone(), commits.clone(), stream));
+                    handlers.spawn(handle(d.clone(), commits.clone(), stream));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
@@ -57,6 +67,26 @@ pub async fn accept_loop(
             },
         }
     }
+    // No new connections from here (the listener is dropped, so hooks
+    // spool). A handler may still be reading (up to READ_TIMEOUT), then
+    // committing and answering (its drain takes up to a second more).
+    drop(listener);
+    drop(commits);
+    let finished = tokio::time::timeout(STOP_GRACE, async {
+        while handlers.join_next().await.is_some() {}
+        let _ = committer.await;
+    })
+    .await;
+    if finished.is_err() {
+        // Unanswered hooks spool their requests: nothing is lost.
+        tracing::warn!(
+            "stopping with {} hook connection(s) still unanswered after {}s; their hooks spool",
+            handlers.len(),
+            STOP_GRACE.as_secs()
+        );
+        handlers.abort_all();
+    }
+    Ok(())
 }
 
 async fn handle(d: Arc<Daemon>, commits: mpsc::Sender<Pending>, mut stream: UnixStream) {

@@ -22,6 +22,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
+use super::Failure;
+
 pub use progress::{InFlightJob, ProgressFile, TargetTotals};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,7 +34,8 @@ struct TargetLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     target: String,
-    /// pending (never tried), failing (pending after a failure), in_flight, skipped.
+    /// pending (never tried), failing (pending after a failure), in_flight.
+    /// Skipped jobs are settled history: `jobs_total{outcome="skipped"}`.
     state: &'static str,
 }
 
@@ -90,7 +93,7 @@ fn upload_histogram() -> Histogram {
 }
 
 /// The states `nix_outbox_queue_jobs` reports for every configured target.
-pub const QUEUE_STATES: [&str; 4] = ["pending", "failing", "in_flight", "skipped"];
+pub const QUEUE_STATES: [&str; 3] = ["pending", "failing", "in_flight"];
 
 impl Metrics {
     pub fn new(targets: Vec<String>) -> Self {
@@ -232,12 +235,16 @@ impl Metrics {
     }
 
     /// Records a job's upload attempt. `skipped` mirrors the worker's
-    /// decision (root or a reference gone from the store).
+    /// decision (root or a reference gone from the store); `log_failed` is
+    /// set when the closure went out but the build log did not, which
+    /// keeps the job pending, so it counts as a failure (kind `build_log`)
+    /// and not as done.
     pub fn job_finished(
         &self,
         target: &str,
         result: &Result<ClosureReport, UploadError>,
         skipped: bool,
+        log_failed: Option<Failure>,
         took: Duration,
     ) {
         let l = TargetLabels {
@@ -257,20 +264,18 @@ impl Metrics {
                 self.nar_bytes.get_or_create(&l).inc_by(report.nar_bytes);
                 self.file_bytes.get_or_create(&l).inc_by(report.file_bytes);
                 self.in_flight.add_totals(target, report);
-                if skipped { "skipped" } else { "done" }
+                match log_failed {
+                    Some(f) => {
+                        self.failure(target, f, "build_log");
+                        "failed"
+                    }
+                    None if skipped => "skipped",
+                    None => "done",
+                }
             }
             Err(e) => {
-                self.failures
-                    .get_or_create(&FailureLabels {
-                        target: target.to_owned(),
-                        class: if e.is_transient() {
-                            "transient"
-                        } else {
-                            "permanent"
-                        },
-                        kind: failure_kind(e),
-                    })
-                    .inc();
+                let class = Failure::from_transient(e.is_transient());
+                self.failure(target, class, failure_kind(e));
                 "failed"
             }
         };
@@ -278,6 +283,16 @@ impl Metrics {
             .get_or_create(&JobLabels {
                 target: target.to_owned(),
                 outcome,
+            })
+            .inc();
+    }
+
+    fn failure(&self, target: &str, class: Failure, kind: &'static str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                target: target.to_owned(),
+                class: class.label(),
+                kind,
             })
             .inc();
     }
@@ -415,5 +430,21 @@ mod tests {
             text.contains("nix_outbox_uploaded_file_bytes_total{target=\"file:///c\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_failed_build_log_counts_the_attempt_as_failed_not_done() {
+        let m = Metrics::new(vec!["t".into()]);
+        let ok = Ok(ClosureReport::default());
+        m.job_finished("t", &ok, false, Some(Failure::Transient), Duration::ZERO);
+        m.job_finished("t", &ok, false, None, Duration::ZERO);
+        let text = m.encode();
+        for line in [
+            "nix_outbox_jobs_total{target=\"t\",outcome=\"failed\"} 1",
+            "nix_outbox_jobs_total{target=\"t\",outcome=\"done\"} 1",
+            "nix_outbox_upload_failures_total{target=\"t\",class=\"transient\",kind=\"build_log\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
     }
 }

@@ -275,24 +275,27 @@ pub async fn run_managed(
     }
     // The listener outlives the drain: it stops on its own signal, last.
     let (close_tx, close_rx) = watch::channel(false);
-    let accepting = tokio::spawn(listener::accept_loop(d.clone(), listener, close_rx));
+    let accepting = tokio::spawn(listener::accept_loop(d.clone(), listener, close_rx.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(spool::ingest_loop(d.clone(), shutdown.clone()));
     tasks.spawn(expander::expand_loop(d.clone(), shutdown.clone()));
+    // Like the listener, /metrics and the progress file stay up during
+    // the drain (that is when watching the uploads in flight matters).
+    let mut observers = tokio::task::JoinSet::new();
     let metrics_address = match lifecycle.observe.metrics_listener {
         Some(l) => {
             let addr = l.local_addr()?.to_string();
-            tasks.spawn(metrics::serve(d.clone(), l, shutdown.clone()));
+            observers.spawn(metrics::serve(d.clone(), l, close_rx.clone()));
             Some(addr)
         }
         None => None,
     };
     if let Some(path) = lifecycle.observe.progress_file {
-        tasks.spawn(metrics::write_loop(
+        observers.spawn(metrics::write_loop(
             d.clone(),
             path,
             metrics_address,
-            shutdown.clone(),
+            close_rx.clone(),
         ));
     }
     for n in 0..d.svc.workers {
@@ -307,6 +310,11 @@ pub async fn run_managed(
     let _ = close_tx.send(true);
     if let Ok(Err(e)) = accepting.await {
         tracing::error!("daemon task failed: {e:#}");
+    }
+    while let Some(res) = observers.join_next().await {
+        if let Ok(Err(e)) = res {
+            tracing::error!("daemon task failed: {e:#}");
+        }
     }
     Ok(())
 }

@@ -139,6 +139,8 @@ impl KnownPresent {
         let (id, ttl) = (self.queue_id.clone(), self.ttl_secs);
         let loaded = on_queue(&self.queue, move |q| {
             q.prune_present(&id, now, ttl)?;
+            // The same periodic chore for the skip records (same ids).
+            q.prune_skipped(&id, now)?;
             q.present_entries(&id, now, ttl)
         })
         .await;
@@ -284,6 +286,32 @@ impl Target for KnownPresent {
         json: &'a str,
     ) -> BoxFuture<'a, Result<(), UploadError>> {
         self.inner.put_listing(hash_part, json)
+    }
+
+    // Logs and realisations are not cached here (only narinfos are), but
+    // they must reach the real target rather than the trait's defaults.
+    fn has_build_log<'a>(&'a self, drv: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        self.inner.has_build_log(drv)
+    }
+
+    fn put_build_log<'a>(
+        &'a self,
+        drv: &'a str,
+        log: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        self.inner.put_build_log(drv, log)
+    }
+
+    fn has_realisation<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        self.inner.has_realisation(id)
+    }
+
+    fn put_realisation<'a>(
+        &'a self,
+        id: &'a str,
+        json: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        self.inner.put_realisation(id, json)
     }
 
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>> {

@@ -31,6 +31,25 @@ pub enum Failure {
     Permanent,
 }
 
+impl Failure {
+    /// The pace for an error, from its `is_transient()`.
+    pub fn from_transient(transient: bool) -> Self {
+        if transient {
+            Self::Transient
+        } else {
+            Self::Permanent
+        }
+    }
+
+    /// The `class` label of the failure metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+        }
+    }
+}
+
 /// The constants of the retry pace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix_outbox_queue::{Job, SkippedPath};
+use nix_outbox_store::StoreError;
 use nix_outbox_upload::{
-    BuildLogOutcome, ClosureReport, Target as _, upload_build_log, upload_closure_selected,
+    BuildLogOutcome, ClosureReport, RealisationOutcome, Target as _, upload_build_log,
+    upload_closure_selected, upload_realisation,
 };
 use tokio::sync::watch;
 
@@ -98,8 +100,25 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
     drop(job);
     let skipped = matches!(&result, Ok(r) if r.missing.contains(&root) || r.blocked.contains(&root)
         || r.skipped.iter().any(|(p, _)| p == &root));
-    d.metrics
-        .job_finished(&target, &result, skipped, started.elapsed());
+    // After the outputs' narinfos, so a log never holds them back; a log
+    // that fails keeps the job pending (the outputs are then found present
+    // at once) until the log is in too. Counted before the metrics, so
+    // such a job is a failure there, not done twice.
+    let log_failed = match &result {
+        // Realisations likewise, each after its own output's narinfo.
+        Ok(_) if !skipped => match upload_log(d, entry, request_id).await {
+            Some(failed) => Some(failed),
+            None => upload_realisations(d, entry, request_id, &root).await,
+        },
+        _ => None,
+    };
+    d.metrics.job_finished(
+        &target,
+        &result,
+        skipped,
+        log_failed.as_ref().map(|(_, f)| *f),
+        started.elapsed(),
+    );
     // Whatever the outcome, what was seen present (or uploaded before a
     // failure) is worth remembering.
     present.flush().await;
@@ -154,10 +173,7 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
                 report.file_bytes,
                 report.already_present
             );
-            // After the outputs' narinfos, so a log never holds them back;
-            // a log that fails keeps the job pending (the outputs are then
-            // found present at once) until the log is in too.
-            if let Some((msg, failure)) = upload_log(d, entry, request_id).await {
+            if let Some((msg, failure)) = log_failed {
                 let delay = d.retry.delay(
                     attempts,
                     failure,
@@ -175,11 +191,7 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
                 .await?;
         }
         Err(e) => {
-            let failure = if e.is_transient() {
-                Failure::Transient
-            } else {
-                Failure::Permanent
-            };
+            let failure = Failure::from_transient(e.is_transient());
             // A server that sent Retry-After is not asked again earlier.
             let delay = d
                 .retry
@@ -236,17 +248,97 @@ async fn upload_log(
         Ok(BuildLogOutcome::AlreadyPresent) => {}
         Ok(BuildLogOutcome::NoLog) => tracing::debug!("no build log kept for {shown}"),
         Err(e) if e.is_retriable() => {
-            let failure = if e.is_transient() {
-                Failure::Transient
-            } else {
-                Failure::Permanent
-            };
             return Some((
                 format!("outputs uploaded, but not the build log yet: {e}"),
-                failure,
+                Failure::from_transient(e.is_transient()),
             ));
         }
         Err(e) => tracing::warn!("not uploading the build log of {shown}: {e}"),
+    }
+    None
+}
+
+/// Publishes the signed realisation (`realisations/<id>.doi`) of the
+/// output `root` of the request's derivation, when that derivation is
+/// content-addressed (floating) and `upload-realisations` is on. Only
+/// `root`'s own realisation: the job of each other output publishes its
+/// own once its narinfo is in, so a realisation never names a path the
+/// cache lacks. Returns a failure a retry can fix, like [`upload_log`].
+async fn upload_realisations(
+    d: &Daemon,
+    entry: &super::TargetEntry,
+    request_id: i64,
+    root: &nix_outbox_core::StorePath,
+) -> Option<(String, Failure)> {
+    let svc = &d.svc;
+    if !svc.extras.upload_realisations {
+        return None;
+    }
+    let retry = |what: String, e: &dyn std::fmt::Display, transient: bool| {
+        let failure = if transient {
+            Failure::Transient
+        } else {
+            Failure::Permanent
+        };
+        Some((
+            format!("outputs uploaded, but not the realisation yet: {what}: {e}"),
+            failure,
+        ))
+    };
+    let drv = match svc.with_queue(move |q| q.request(request_id)).await {
+        Ok(req) => req?.drv_path?,
+        Err(e) => return retry("reading the request".into(), &format!("{e:#}"), true),
+    };
+    let drv = svc.store_dir.parse_path(&drv).ok()?;
+    let shown = svc.store_dir.display(&drv);
+    let ids = match nix_outbox_store::ca_realisation_ids(&svc.pool, &drv).await {
+        Ok(ids) => ids,
+        // Gone (collected) or not something we can hash: nothing to retry.
+        Err(e @ (StoreError::NotValid { .. } | StoreError::Derivation { .. })) => {
+            tracing::warn!("not uploading realisations of {shown}: {e}");
+            return None;
+        }
+        Err(e) => return retry(format!("hashing {shown}"), &e, true),
+    };
+    // The realisations the uploaded one depends on (inputs' outputs its
+    // output references) come along: their paths are in `root`'s closure,
+    // uploaded already, and a substituter needs them all (Nix 2.8's
+    // `DrvOutputSubstitutionGoal`), including those of input-addressed or
+    // fixed-output inputs, whose jobs upload none.
+    let mut todo: Vec<(String, bool)> = ids.into_iter().map(|(_, id)| (id, true)).collect();
+    let mut seen: std::collections::HashSet<String> =
+        todo.iter().map(|(id, _)| id.clone()).collect();
+    while let Some((id, own)) = todo.pop() {
+        let json = match svc.pool.get().await {
+            Ok(mut conn) => conn.query_realisation(&id).await,
+            Err(e) => Err(e),
+        };
+        let json = match json {
+            Ok(Some(json)) => json,
+            // Not recorded (e.g. not built here): nothing to publish.
+            Ok(None) => continue,
+            Err(e) => return retry(format!("querying {id}"), &e, true),
+        };
+        let parsed = serde_json::from_str::<serde_json::Value>(&json).unwrap_or_default();
+        // Of the derivation's own outputs, only the job's (see above).
+        if own && parsed["outPath"].as_str() != Some(root.as_str()) {
+            continue;
+        }
+        if let Some(deps) = parsed["dependentRealisations"].as_object() {
+            for dep in deps.keys() {
+                if nix_outbox_store::is_valid_drv_output_id(dep) && seen.insert(dep.clone()) {
+                    todo.push((dep.clone(), false));
+                }
+            }
+        }
+        match upload_realisation(entry.target.as_ref(), &id, &json, &svc.keys).await {
+            Ok(RealisationOutcome::Uploaded) => {
+                tracing::info!("realisation {id} of {shown} → {}", entry.id)
+            }
+            Ok(RealisationOutcome::AlreadyPresent) => {}
+            Err(e) if e.is_retriable() => return retry(id, &e, e.is_transient()),
+            Err(e) => tracing::warn!("not uploading realisation {id} of {shown}: {e}"),
+        }
     }
     None
 }

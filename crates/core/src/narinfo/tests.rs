@@ -147,6 +147,28 @@ fn errors_name_the_line_and_field() {
     );
 }
 
+#[test]
+fn long_offending_text_is_not_quoted_whole() {
+    let e = |t: &str| NarInfo::parse(&sd(), t.as_bytes()).unwrap_err().to_string();
+    let secret = "s3cr3t".repeat(100);
+    for text in [
+        format!("{secret}\n"),
+        DEP_NONE.replace("NarSize: 120", &format!("NarSize: {secret}")),
+        DEP_NONE.replace("StorePath: /nix/store/", &format!("StorePath: /{secret}")),
+        DEP_NONE.replace("NarHash: sha256:", &format!("NarHash: sha256:{secret}")),
+    ] {
+        let msg = e(&text);
+        assert!(msg.len() < 250, "{msg}");
+        assert!(
+            msg.contains("s3cr3t") && !msg.contains(&"s3cr3t".repeat(20)),
+            "{msg}"
+        );
+    }
+    // Short ones stay whole.
+    let msg = e(&DEP_NONE.replace("StorePath: /nix/store/", "StorePath: /etc/"));
+    assert!(msg.contains("/etc/") && !msg.contains('…'), "{msg}");
+}
+
 fn arb_path() -> impl Strategy<Value = StorePath> {
     (
         "[0-9a-dfgi-np-sv-z]{32}",

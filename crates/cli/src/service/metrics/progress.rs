@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix_outbox_core::StoreDir;
+use nix_outbox_core::{StoreDir, atomic_write};
 use nix_outbox_upload::{
     BoxFuture, ClosureReport, Compression, NarDigest, NarWriter, Target, UploadClaim, UploadError,
 };
@@ -280,6 +280,16 @@ impl Target for Tracked<'_> {
     ) -> BoxFuture<'a, Result<(), UploadError>> {
         self.inner.put_build_log(drv, log)
     }
+    fn has_realisation<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        self.inner.has_realisation(id)
+    }
+    fn put_realisation<'a>(
+        &'a self,
+        id: &'a str,
+        json: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        self.inner.put_realisation(id, json)
+    }
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>> {
         Box::pin(async move {
             let inner = self.inner.begin_nar().await?;
@@ -355,6 +365,9 @@ pub(crate) async fn write_loop(
 ) -> anyhow::Result<()> {
     let mut last: Option<(Vec<InFlightJob>, Vec<TargetTotals>)> = None;
     let mut written_at = Instant::now();
+    // Failures are reported when they start and when they stop, not every
+    // second: a full disk must not flood the journal.
+    let mut failing = false;
     while !*shutdown.borrow() {
         let snap = d.metrics.in_flight.snapshot(d.metrics.targets());
         // Throughput changes every second while anything is in flight,
@@ -368,12 +381,22 @@ pub(crate) async fn write_loop(
                 totals: snap.1.clone(),
             };
             let p = path.clone();
-            match tokio::task::spawn_blocking(move || write_atomically(&p, &file)).await? {
+            match tokio::task::spawn_blocking(move || write_file(&p, &file)).await? {
                 Ok(()) => {
                     last = Some(snap);
                     written_at = Instant::now();
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("{} is written again", path.display());
+                    }
                 }
-                Err(e) => tracing::debug!("cannot write {}: {e}", path.display()),
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(
+                        "{e}; `nix-outbox status` shows no progress until this is fixed \
+                         (free space, or check the state directory's permissions)"
+                    );
+                }
+                Err(e) => tracing::debug!("{e}"),
             }
         }
         tick(&mut shutdown).await;
@@ -391,18 +414,9 @@ async fn tick(shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-fn write_atomically(path: &Path, file: &ProgressFile) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(file).map_err(std::io::Error::other)?;
-    // 0600: it names the paths being uploaded.
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+fn write_file(path: &Path, file: &ProgressFile) -> Result<(), String> {
+    let bytes = serde_json::to_vec(file).map_err(|e| format!("cannot encode progress: {e}"))?;
+    // 0600: it names the paths being uploaded. Not synced: rewritten every
+    // second and worthless after a crash (readers check its pid).
+    atomic_write::replace_volatile(path, &bytes, 0o600).map_err(|e| e.to_string())
 }

@@ -7,6 +7,7 @@ use nix_outbox_core::Sha256Hash;
 use nix_outbox_core::keys::SecretKey;
 use nix_outbox_core::nar::write_nar;
 
+use super::super::references::*;
 use super::*;
 
 const CACHE: &str = "file:///cache";
@@ -48,6 +49,12 @@ fn good(key: &SecretKey, nar: &[u8], references: &[StorePath]) -> NarInfo {
     info
 }
 
+/// `check_nar` with time enough.
+fn check_nar_now(input: impl Read, info: &NarInfo, want_listing: bool) -> NarCheck {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    check_nar(input, info, want_listing, deadline)
+}
+
 fn kinds(p: &[Problem]) -> Vec<&'static str> {
     p.iter().map(|p| p.kind).collect()
 }
@@ -67,7 +74,7 @@ fn a_good_narinfo_and_nar_pass() {
     )
     .unwrap();
     assert_eq!(problems, vec![]);
-    let c = check_nar(&nar[..], &parsed, true);
+    let c = check_nar_now(&nar[..], &parsed, true);
     assert!(c.problems.is_empty() && c.read_error.is_none(), "{c:?}");
     let listing = c.listing.unwrap();
     assert_eq!(
@@ -152,7 +159,7 @@ fn a_truncated_file_is_reported_as_such_and_nothing_more() {
     let key = SecretKey::generate("k-1").unwrap();
     let nar = nar_bytes();
     let info = good(&key, &nar, &[]);
-    let c = check_nar(&nar[..100], &info, false);
+    let c = check_nar_now(&nar[..100], &info, false);
     assert_eq!(c.problems.len(), 1, "{c:?}");
     assert_eq!(c.problems[0].0, "file-size");
     assert!(
@@ -171,7 +178,7 @@ fn altered_bytes_of_the_same_size_fail_the_file_hash() {
     let mut bad = nar.clone();
     let i = bad.windows(5).position(|w| w == b"hello").unwrap();
     bad[i] = b'j';
-    let c = check_nar(&bad[..], &info, false);
+    let c = check_nar_now(&bad[..], &info, false);
     assert_eq!(
         c.problems.iter().map(|p| p.0).collect::<Vec<_>>(),
         ["file-hash"]
@@ -180,7 +187,7 @@ fn altered_bytes_of_the_same_size_fail_the_file_hash() {
     let mut bare = info.clone();
     bare.file_hash = None;
     bare.file_size = None;
-    let c = check_nar(&bad[..], &bare, false);
+    let c = check_nar_now(&bad[..], &bare, false);
     assert_eq!(
         c.problems.iter().map(|p| p.0).collect::<Vec<_>>(),
         ["nar-hash"]
@@ -195,22 +202,22 @@ fn nar_size_trailing_data_invalid_nar_and_unknown_compression() {
     info.file_hash = None;
     info.file_size = None;
     info.nar_size += 8;
-    let c = check_nar(&nar[..], &info, false);
+    let c = check_nar_now(&nar[..], &info, false);
     assert_eq!(
         c.problems.iter().map(|p| p.0).collect::<Vec<_>>(),
         ["nar-size"]
     );
     let mut longer = nar.clone();
     longer.extend_from_slice(&[0; 8]);
-    let c = check_nar(&longer[..], &info, false);
+    let c = check_nar_now(&longer[..], &info, false);
     assert_eq!(c.problems[0].0, "nar-trailing-data", "{c:?}");
-    let c = check_nar(&b"not a nar at all"[..], &info, false);
+    let c = check_nar_now(&b"not a nar at all"[..], &info, false);
     assert_eq!(
         c.problems.iter().map(|p| p.0).collect::<Vec<_>>(),
         ["nar-invalid"]
     );
     info.compression = "br".to_owned();
-    let c = check_nar(&nar[..], &info, false);
+    let c = check_nar_now(&nar[..], &info, false);
     assert_eq!(c.problems[0].0, "compression-unsupported");
 }
 
@@ -230,7 +237,7 @@ fn a_failing_reader_is_a_read_error_not_a_problem() {
     }
     let key = SecretKey::generate("k-1").unwrap();
     let info = good(&key, &nar_bytes(), &[]);
-    let c = check_nar(Broken(16), &info, false);
+    let c = check_nar_now(Broken(16), &info, false);
     assert!(c.problems.is_empty(), "{c:?}");
     assert_eq!(c.read_error.as_deref(), Some("connection reset"));
 }
@@ -250,7 +257,8 @@ fn references_must_be_in_the_cache_as_themselves() {
     );
     // The cache has dep's hash, but for another name.
     found.insert(dep.hash_part().to_owned(), present(&sp('b', "other"), &[]));
-    let problems = reference_problems(&sd, CACHE, &found);
+    let (problems, notes) = reference_problems(&sd, CACHE, &found, &BTreeMap::new());
+    assert!(notes.is_empty());
     assert_eq!(
         kinds(&problems),
         ["reference-mismatch", "reference-missing"]
@@ -260,9 +268,35 @@ fn references_must_be_in_the_cache_as_themselves() {
         "{problems:?}"
     );
     assert!(problems.iter().all(|p| p.path == sd.display(&top)));
+    assert!(
+        problems[1].message.contains("--upstream URL"),
+        "{problems:?}"
+    );
+    assert_eq!(
+        missing_references(&found),
+        BTreeSet::from([gone.hash_part().to_owned()])
+    );
+    // Served upstream: a note, not a problem; unknown upstream: neither.
+    let upstream = BTreeMap::from([(
+        gone.hash_part().to_owned(),
+        Upstream::Has("https://up".to_owned()),
+    )]);
+    let (problems, notes) = reference_problems(&sd, CACHE, &found, &upstream);
+    assert_eq!(kinds(&problems), ["reference-mismatch"]);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("https://up") && notes[0].contains(&sd.display(&gone)));
+    let upstream = BTreeMap::from([(gone.hash_part().to_owned(), Upstream::Unknown)]);
+    let (problems, notes) = reference_problems(&sd, CACHE, &found, &upstream);
+    assert_eq!(
+        (kinds(&problems), notes),
+        (vec!["reference-mismatch"], vec![])
+    );
     found.insert(dep.hash_part().to_owned(), present(&dep, &[]));
     found.insert(gone.hash_part().to_owned(), Found::Unusable);
-    assert_eq!(reference_problems(&sd, CACHE, &found), vec![]);
+    assert_eq!(
+        reference_problems(&sd, CACHE, &found, &BTreeMap::new()),
+        (vec![], vec![])
+    );
 }
 
 #[test]
@@ -278,4 +312,77 @@ fn path_arguments_in_three_spellings() {
             .contains("/nix/store")
     );
     assert!(hash_of_arg(&sd, "hello").is_err());
+}
+
+/// A NAR holding one regular file of `size` zero bytes.
+fn nar_of_zeros(size: usize) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zeros");
+    std::fs::write(&file, vec![0u8; size]).unwrap();
+    let mut out = Vec::new();
+    write_nar(&file, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_decompression_bomb_stops_at_nar_size() {
+    let key = SecretKey::generate("k-1").unwrap();
+    let big = nar_of_zeros(32 << 20);
+    // Uncompressed here: the cap is on what comes out of any decompressor.
+    let mut info = good(&key, &big, &[]);
+    // The narinfo claims a small NAR; the file inflates to 32 MiB.
+    info.nar_size = 1000;
+    let c = check_nar_now(&big[..], &info, false);
+    assert_eq!(kinds_of(&c), ["nar-size"], "{c:?}");
+    assert!(
+        c.problems[0]
+            .1
+            .contains("more than its NarSize of 1000 bytes")
+    );
+
+    // Trailing data is capped the same way.
+    let small = nar_bytes();
+    let mut data = small.clone();
+    data.extend(vec![0u8; 32 << 20]);
+    let mut info = good(&key, &data, &[]);
+    (info.nar_hash, info.nar_size) = (Sha256Hash::digest(&small), small.len() as u64);
+    let c = check_nar_now(&data[..], &info, false);
+    assert_eq!(kinds_of(&c), ["nar-trailing-data"], "{c:?}");
+    assert!(
+        c.problems[0].1.contains("more than 1 bytes follow"),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn an_endless_file_is_read_only_to_its_limit() {
+    let key = SecretKey::generate("k-1").unwrap();
+    let nar = nar_bytes();
+    let info = good(&key, &nar, &[]);
+    let endless = (&nar[..]).chain(io::repeat(7));
+    let c = check_nar_now(endless, &info, false);
+    assert_eq!(kinds_of(&c), ["file-size"], "{c:?}");
+    assert!(c.problems[0].1.contains("longer than"), "{c:?}");
+    // Without FileSize: a fixed multiple of NarSize, then a problem.
+    let mut bare = info.clone();
+    bare.file_size = None;
+    bare.file_hash = None;
+    let endless = (&nar[..]).chain(io::repeat(7));
+    let c = check_nar_now(endless, &bare, false);
+    assert_eq!(kinds_of(&c), ["file-size"], "{c:?}");
+}
+
+#[test]
+fn past_the_deadline_reading_stops_as_a_read_error() {
+    let key = SecretKey::generate("k-1").unwrap();
+    let nar = nar_bytes();
+    let info = good(&key, &nar, &[]);
+    let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    let c = check_nar(&nar[..], &info, false, past);
+    assert!(c.problems.is_empty(), "{c:?}");
+    assert!(c.read_error.unwrap().contains("took too long"));
+}
+
+fn kinds_of(c: &NarCheck) -> Vec<&'static str> {
+    c.problems.iter().map(|p| p.0).collect()
 }

@@ -3,8 +3,9 @@
 //! in, problems come out, each saying what is wrong, what it means for a
 //! client and what to do.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{self, Read};
+use std::time::{Duration, Instant};
 
 use nix_outbox_core::hash::HashingCounter;
 use nix_outbox_core::keys::{PublicKey, Signature};
@@ -180,16 +181,45 @@ pub struct NarCheck {
     pub listing: Option<Listing>,
 }
 
+/// Most NAR file bytes read when the narinfo gives no FileSize: no
+/// compression makes a file this much bigger than its contents.
+fn file_limit(info: &NarInfo) -> u64 {
+    match info.file_size {
+        // One byte more tells a longer file from a right one.
+        Some(size) => size.saturating_add(1),
+        None => info.nar_size.saturating_mul(2).saturating_add(64 << 20),
+    }
+}
+
+/// How long reading one NAR file may take in all: a server sending a byte
+/// just before each stall timeout must not hold the check forever. Ten
+/// minutes plus one second per 100 KiB (a slow link) of the file.
+pub fn nar_deadline(info: &NarInfo, now: Instant) -> Instant {
+    let size = info.file_size.unwrap_or(info.nar_size);
+    now + Duration::from_secs(600 + size / (100 * 1024))
+}
+
 /// Counts and hashes the compressed bytes, and remembers a failure of the
 /// underlying reader (as opposed to a decompression failure).
 struct Source<R> {
-    inner: R,
+    inner: io::Take<R>,
     file: HashingCounter,
     error: Option<String>,
+    deadline: Instant,
 }
 
 impl<R: Read> Read for Source<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.error.is_none() && Instant::now() > self.deadline {
+            self.error = Some(
+                "reading the NAR file took too long (the server is too slow or sends data \
+                 slowly on purpose); gave up on it"
+                    .to_owned(),
+            );
+        }
+        if let Some(e) = &self.error {
+            return Err(io::Error::other(e.clone()));
+        }
         match self.inner.read(buf) {
             Ok(n) => {
                 self.file.update(&buf[..n]);
@@ -204,16 +234,52 @@ impl<R: Read> Read for Source<R> {
     }
 }
 
+/// Passes at most `left` bytes of decompressed data and notes whether
+/// there was more: a decompression bomb stops at NarSize + 1 bytes.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    over: bool,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // One byte beyond the cap tells "exactly" from "more".
+            let n = self.inner.read(&mut [0u8; 1])?;
+            if n > 0 {
+                self.over = true;
+                return Err(io::Error::other("decompressed data goes beyond NarSize"));
+            }
+            return Ok(0);
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// Streams a NAR file once, in fixed memory: FileSize/FileHash over the
 /// compressed bytes, then decompression, NarSize/NarHash and a strict NAR
 /// parse over the result. When the file itself is not what the narinfo
 /// says (truncated, replaced), what decompressing it gives is only a
-/// consequence and is not reported separately.
-pub fn check_nar(input: impl Read, info: &NarInfo, want_listing: bool) -> NarCheck {
+/// consequence and is not reported separately. Reads at most FileSize + 1
+/// bytes of the file, NarSize + 1 bytes of decompressed data, and gives up
+/// (a read error) after `deadline`.
+pub fn check_nar(
+    input: impl Read,
+    info: &NarInfo,
+    want_listing: bool,
+    deadline: Instant,
+) -> NarCheck {
     let mut src = Source {
-        inner: input,
+        inner: input.take(file_limit(info)),
         file: HashingCounter::new(),
         error: None,
+        deadline,
     };
     let mut out = NarCheck::default();
     let mut nar = HashingCounter::new();
@@ -232,7 +298,12 @@ pub fn check_nar(input: impl Read, info: &NarInfo, want_listing: bool) -> NarChe
             ))
         }
         Some(Err(e)) => content = Some(("decompress", format!("cannot start decompressing: {e}"))),
-        Some(Ok(mut dec)) => {
+        Some(Ok(dec)) => {
+            let mut dec = Capped {
+                inner: dec,
+                left: info.nar_size.saturating_add(1),
+                over: false,
+            };
             let mut builder = ListingBuilder::new();
             let mut noop = Noop;
             let visitor: &mut dyn NarVisitor = if want_listing {
@@ -240,10 +311,31 @@ pub fn check_nar(input: impl Read, info: &NarInfo, want_listing: bool) -> NarChe
             } else {
                 &mut noop
             };
+            let bomb = || {
+                (
+                    "nar-size",
+                    format!(
+                        "the NAR is more than its NarSize of {} bytes once decompressed \
+                         (decompression stopped there)",
+                        info.nar_size
+                    ),
+                )
+            };
             match parse_nar_tee(&mut dec, &mut nar, visitor) {
                 Ok(_) => {
                     parsed = true;
-                    match io::copy(&mut dec, &mut io::sink()) {
+                    // Bounded by the cap too: trailing data can be a bomb.
+                    let mut trailing = 0u64;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let r = loop {
+                        match dec.read(&mut buf) {
+                            Ok(0) => break Ok(trailing),
+                            Ok(n) => trailing += n as u64,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    match r {
                         Ok(0) => {}
                         Ok(n) => {
                             content = Some((
@@ -251,9 +343,19 @@ pub fn check_nar(input: impl Read, info: &NarInfo, want_listing: bool) -> NarChe
                                 format!("{n} bytes follow the end of the NAR once decompressed"),
                             ))
                         }
+                        Err(_) if dec.over => {
+                            content = Some((
+                                "nar-trailing-data",
+                                format!(
+                                    "more than {trailing} bytes follow the end of the NAR once \
+                                     decompressed (reading stopped after NarSize + 1 bytes)"
+                                ),
+                            ))
+                        }
                         Err(e) => content = Some(("decompress", format!("decompressing: {e}"))),
                     }
                 }
+                Err(_) if dec.over => content = Some(bomb()),
                 Err(e) => {
                     content = Some(match e.kind {
                         ParseErrorKind::Read(r) => ("decompress", format!("decompressing: {r}")),
@@ -266,7 +368,8 @@ pub fn check_nar(input: impl Read, info: &NarInfo, want_listing: bool) -> NarChe
             }
         }
     }
-    // The rest of the file still counts for FileSize and FileHash.
+    // The rest of the file still counts for FileSize and FileHash (read
+    // up to the limit only, and within the deadline).
     if src.error.is_none() {
         let _ = io::copy(&mut src, &mut io::sink());
     }
@@ -276,13 +379,23 @@ pub fn check_nar(input: impl Read, info: &NarInfo, want_listing: bool) -> NarChe
         return out;
     }
     let (file_hash, file_size) = src.file.finish();
-    if let Some(want) = info.file_size
+    if info.file_size.is_none() && file_size >= file_limit(info) {
+        out.problems.push((
+            "file-size",
+            format!(
+                "NAR file is over {} bytes, far more than a compressed NAR of NarSize {} bytes \
+                 needs (reading stopped there)",
+                file_size - 1,
+                info.nar_size
+            ),
+        ));
+    } else if let Some(want) = info.file_size
         && want != file_size
     {
         let m = if file_size < want {
             format!("NAR file truncated: {file_size} of {want} bytes (FileSize)")
         } else {
-            format!("NAR file is {file_size} bytes, but FileSize says {want}")
+            format!("NAR file is longer than the {want} bytes FileSize says")
         };
         out.problems.push(("file-size", m));
     } else if let Some(want) = info.file_hash
@@ -327,71 +440,6 @@ pub fn check_nar(input: impl Read, info: &NarInfo, want_listing: bool) -> NarChe
 struct Noop;
 impl NarVisitor for Noop {}
 
-/// Compares a cache's `.ls` file with the listing of the NAR it describes,
-/// as JSON values (key order and spacing vary between writers).
-pub fn listing_problem(ls: &[u8], nar: &Listing) -> Option<String> {
-    let theirs: serde_json::Value = match serde_json::from_slice(ls) {
-        Ok(v) => v,
-        Err(e) => return Some(format!("the .ls listing is not valid JSON ({e})")),
-    };
-    let ours: serde_json::Value =
-        serde_json::from_str(&nar.to_json()).expect("our listing JSON parses");
-    (theirs != ours).then(|| {
-        "the .ls listing does not match the NAR's files (`nix store ls` and cache browsers \
-         show the wrong tree)"
-            .to_owned()
-    })
-}
-
-/// Problems with references: each must have a narinfo in the cache for
-/// exactly that path, or Nix refuses to substitute the referrer.
-pub fn reference_problems(
-    store_dir: &StoreDir,
-    cache: &str,
-    found: &BTreeMap<String, Found>,
-) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    for f in found.values() {
-        let Found::Present {
-            store_path,
-            references,
-        } = f
-        else {
-            continue;
-        };
-        let path = store_dir.display(store_path);
-        for r in references.iter().filter(|r| *r != store_path) {
-            let shown = store_dir.display(r);
-            let message = match found.get(r.hash_part()) {
-                None | Some(Found::Missing) => format!(
-                    "references {shown}, which has no narinfo in the cache: Nix refuses to \
-                     substitute {path} without its whole closure. Upload the missing reference \
-                     with `nix-outbox copy --to {cache} {path}` (it uploads what is missing)"
-                ),
-                Some(Found::Present {
-                    store_path: other, ..
-                }) if other != r => format!(
-                    "references {shown}, but {}.narinfo in the cache is for {}",
-                    r.hash_part(),
-                    store_dir.display(other)
-                ),
-                Some(_) => continue,
-            };
-            let kind = if matches!(found.get(r.hash_part()), Some(Found::Present { .. })) {
-                "reference-mismatch"
-            } else {
-                "reference-missing"
-            };
-            problems.push(Problem {
-                path: path.clone(),
-                kind,
-                message,
-            });
-        }
-    }
-    problems
-}
-
 #[cfg(test)]
-#[path = "verify_check_tests.rs"]
+#[path = "check_tests.rs"]
 mod tests;
