@@ -69,6 +69,12 @@ async fn ca_outputs_are_published_with_signed_realisations_and_substituted() {
     // The builders run as nixbld users.
     std::fs::set_permissions(marker_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let marker = marker_dir.path().join("builds");
+    // Each build may run as a different nixbld user (which one is free
+    // depends on what else builds at the time): the first builder's
+    // umask would leave the file unwritable to the others, whose `echo`
+    // then fails silently and the marker misses their build.
+    std::fs::write(&marker, "").unwrap();
+    std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o666)).unwrap();
 
     let mut outbox = Outbox::with_targets(|cache| vec![format!("file://{}", cache.display())], &[]);
     let nix = tk::PrivateDaemon::start_with_env(
