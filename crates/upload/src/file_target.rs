@@ -150,14 +150,7 @@ impl Target for FileTarget {
     fn has_build_log<'a>(&'a self, drv: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
         Box::pin(async move {
             check_drv_name(drv)?;
-            let path = self.root.join("log").join(drv);
-            let id = self.id.clone();
-            blocking(move || match fs::symlink_metadata(&path) {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(io_err(&id, "look up", &path, e)),
-            })
-            .await
+            self.has_file(self.root.join("log").join(drv)).await
         })
     }
 
@@ -168,26 +161,16 @@ impl Target for FileTarget {
     ) -> BoxFuture<'a, Result<(), UploadError>> {
         Box::pin(async move {
             check_drv_name(drv)?;
-            // `log/` is created on demand: a cache without logs has none,
-            // like one written by `nix copy`.
-            let (dir, id) = (self.root.join("log"), self.id.clone());
-            blocking(move || fs::create_dir_all(&dir).map_err(|e| io_err(&id, "create", &dir, e)))
-                .await?;
-            self.put(format!("log/{drv}"), log).await
+            self.put_in_subdir("log", drv.to_owned(), log).await
         })
     }
 
     fn has_realisation<'a>(&'a self, rid: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
         Box::pin(async move {
             check_realisation_id(rid)?;
-            let path = self.root.join("realisations").join(format!("{rid}.doi"));
-            let id = self.id.clone();
-            blocking(move || match fs::symlink_metadata(&path) {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(io_err(&id, "look up", &path, e)),
-            })
-            .await
+            let name = format!("{rid}.doi");
+            self.has_file(self.root.join("realisations").join(name))
+                .await
         })
     }
 
@@ -198,11 +181,8 @@ impl Target for FileTarget {
     ) -> BoxFuture<'a, Result<(), UploadError>> {
         Box::pin(async move {
             check_realisation_id(rid)?;
-            // Created on demand, like `log/`.
-            let (dir, id) = (self.root.join("realisations"), self.id.clone());
-            blocking(move || fs::create_dir_all(&dir).map_err(|e| io_err(&id, "create", &dir, e)))
-                .await?;
-            self.put(format!("realisations/{rid}.doi"), json).await
+            self.put_in_subdir("realisations", format!("{rid}.doi"), json)
+                .await
         })
     }
 
@@ -222,6 +202,33 @@ impl FileTarget {
             atomic_write::write(&path, &data, FILE_MODE, true).map_err(|e| from_atomic(&id, e))
         })
         .await
+    }
+
+    /// Whether a build log or realisation file exists (a symlink counts:
+    /// it is not followed, and is not ours to replace).
+    async fn has_file(&self, path: PathBuf) -> Result<bool, UploadError> {
+        let id = self.id.clone();
+        blocking(move || match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&id, "look up", &path, e)),
+        })
+        .await
+    }
+
+    /// Writes `<dir>/<name>`. The directory (`log/`, `realisations/`) is
+    /// created on demand: a cache without logs or realisations has none,
+    /// like one written by `nix copy`.
+    async fn put_in_subdir(
+        &self,
+        dir: &str,
+        name: String,
+        data: Vec<u8>,
+    ) -> Result<(), UploadError> {
+        let (path, id) = (self.root.join(dir), self.id.clone());
+        blocking(move || fs::create_dir_all(&path).map_err(|e| io_err(&id, "create", &path, e)))
+            .await?;
+        self.put(format!("{dir}/{name}"), data).await
     }
 }
 

@@ -173,6 +173,26 @@ impl ObjectStoreTarget {
         &self.remote
     }
 
+    /// Whether `key` exists (a HEAD request), for build logs and
+    /// realisations.
+    async fn has_key(&self, key: String) -> Result<bool, UploadError> {
+        let path = ObjectPath::from(key.as_str());
+        let head = self
+            .remote
+            .store
+            .get_opts(&path, GetOptions::new().with_head(true));
+        match self.remote.deadline("look up", &key, 0, head).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_missing_key(&e) => Ok(false),
+            // As for narinfos: without s3:ListBucket a missing key is 403.
+            Err(UploadError::Remote {
+                kind: RemoteErrorKind::Credentials | RemoteErrorKind::Denied,
+                ..
+            }) if self.remote.is_s3 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, UploadError> {
         let path = ObjectPath::from(key);
         let r = self.remote.deadline("read", key, 0, async {
@@ -336,22 +356,7 @@ impl Target for ObjectStoreTarget {
     fn has_build_log<'a>(&'a self, drv: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
         Box::pin(async move {
             check_drv_name(drv)?;
-            let key = format!("log/{drv}");
-            let path = ObjectPath::from(key.as_str());
-            let head = self
-                .remote
-                .store
-                .get_opts(&path, GetOptions::new().with_head(true));
-            match self.remote.deadline("look up", &key, 0, head).await {
-                Ok(_) => Ok(true),
-                Err(e) if is_missing_key(&e) => Ok(false),
-                // As for narinfos: without s3:ListBucket a missing key is 403.
-                Err(UploadError::Remote {
-                    kind: RemoteErrorKind::Credentials | RemoteErrorKind::Denied,
-                    ..
-                }) if self.remote.is_s3 => Ok(false),
-                Err(e) => Err(e),
-            }
+            self.has_key(format!("log/{drv}")).await
         })
     }
 
@@ -372,22 +377,7 @@ impl Target for ObjectStoreTarget {
     fn has_realisation<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
         Box::pin(async move {
             check_realisation_id(id)?;
-            let key = format!("realisations/{id}.doi");
-            let path = ObjectPath::from(key.as_str());
-            let head = self
-                .remote
-                .store
-                .get_opts(&path, GetOptions::new().with_head(true));
-            match self.remote.deadline("look up", &key, 0, head).await {
-                Ok(_) => Ok(true),
-                Err(e) if is_missing_key(&e) => Ok(false),
-                // As for build logs: without s3:ListBucket a missing key is 403.
-                Err(UploadError::Remote {
-                    kind: RemoteErrorKind::Credentials | RemoteErrorKind::Denied,
-                    ..
-                }) if self.remote.is_s3 => Ok(false),
-                Err(e) => Err(e),
-            }
+            self.has_key(format!("realisations/{id}.doi")).await
         })
     }
 
