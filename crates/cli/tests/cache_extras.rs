@@ -34,7 +34,18 @@ fn setup_with(
     logs: &Path,
     nix_conf: &str,
 ) -> (Outbox, tk::PrivateDaemon) {
-    let mut outbox = Outbox::with_targets(targets, &[]);
+    setup_with_env(targets, extra, logs, nix_conf, &[])
+}
+
+/// [`setup_with`], with `env` for the nix-outbox daemon (S3 credentials).
+fn setup_with_env(
+    targets: impl FnOnce(&Path) -> Vec<String>,
+    extra: &str,
+    logs: &Path,
+    nix_conf: &str,
+    env: &[(&str, &str)],
+) -> (Outbox, tk::PrivateDaemon) {
+    let mut outbox = Outbox::with_targets(targets, env);
     let mut config = std::fs::read_to_string(&outbox.config).unwrap();
     config.push_str(&format!(
         "upload-build-logs = true\nbuild-log-dir = {logs:?}\n{extra}"
@@ -198,6 +209,51 @@ fn build_log_reaches_an_http_cache() {
         "log",
         "--store",
         &base,
+        "--option",
+        "narinfo-cache-negative-ttl",
+        "0",
+        &outs[0],
+    ])));
+    assert!(shown.contains(&marker), "nix log printed {shown:?}");
+}
+
+#[test]
+fn build_log_reaches_an_s3_cache() {
+    let s3 = tk::s3::S3Server::start("nix-cache");
+    let url = format!(
+        "s3://nix-cache?endpoint={}&scheme=http&region=us-east-1",
+        s3.endpoint()
+    );
+    let logs = tempfile::tempdir().unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", s3.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str()),
+    ];
+    let (outbox, nix) = setup_with_env(|_| vec![url.clone()], "", logs.path(), "", &env);
+    let nonce = tk::nonce();
+    let marker = format!("S3-LOG-{nonce}");
+    let outs = build_via(
+        &nix,
+        &tk::sh_derivation(
+            &format!("s3log-{nonce}"),
+            &["out"],
+            &format!("echo {marker}; echo x > $out"),
+        ),
+    );
+    outbox.wait();
+    let drv = deriver(&outs[0]);
+    let drv_base = Path::new(&drv).file_name().unwrap().to_str().unwrap();
+    let stored = s3.bucket_dir().join("log").join(drv_base);
+    let text = std::fs::read_to_string(&stored)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}\n{}", stored.display(), outbox.log(), s3.log()));
+    assert!(text.contains(&marker), "{text:?}");
+    // Nix reads the bucket's directory as a file:// cache, as in the other
+    // S3 tests: the log is where `nix log` looks for it.
+    let bucket = format!("file://{}", s3.bucket_dir().display());
+    let shown = tk::stdout_string(&tk::run(tk::nix().args([
+        "log",
+        "--store",
+        &bucket,
         "--option",
         "narinfo-cache-negative-ttl",
         "0",

@@ -256,7 +256,39 @@ async fn ca_outputs_are_published_with_signed_realisations_and_substituted() {
 fn a_ca_realisation_reaches_an_http_cache() {
     let web = tk::webdav::WebDavServer::start();
     let base = web.url("cache");
-    let mut outbox = Outbox::with_targets(|_| vec![base.clone()], &[]);
+    realisation_through(&base, &[], &web.root().join("cache"), &base, &|| web.log());
+}
+
+/// And through S3 (s3s-fs); Nix reads the bucket's directory as a file://
+/// cache, as in the other S3 tests.
+#[test]
+fn a_ca_realisation_reaches_an_s3_cache() {
+    let s3 = tk::s3::S3Server::start("nix-cache");
+    let url = format!(
+        "s3://nix-cache?endpoint={}&scheme=http&region=us-east-1",
+        s3.endpoint()
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", s3.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str()),
+    ];
+    let bucket = s3.bucket_dir();
+    let substituter = format!("file://{}", bucket.display());
+    realisation_through(&url, &env, &bucket, &substituter, &|| s3.log());
+}
+
+/// Builds a CA derivation through the hook with `target` as the only
+/// cache (whose files end up under `cache_root`), checks the signed
+/// realisation is there, and that a fresh store substitutes the output
+/// from `substituter` without building.
+fn realisation_through(
+    target: &str,
+    env: &[(&str, &str)],
+    cache_root: &Path,
+    substituter: &str,
+    server_log: &dyn Fn() -> String,
+) {
+    let mut outbox = Outbox::with_targets(|_| vec![target.to_owned()], env);
     let nix = tk::PrivateDaemon::start_with_env(
         &format!(
             "post-build-hook = {}\nextra-experimental-features = ca-derivations",
@@ -268,7 +300,7 @@ fn a_ca_realisation_reaches_an_http_cache() {
     let remote = format!("unix://{}", nix.socket.display());
     let nonce = tk::nonce();
     let expr = format!(
-        r#"derivation {{ name = "ca-http-{nonce}"; system = builtins.currentSystem;
+        r#"derivation {{ name = "ca-remote-{nonce}"; system = builtins.currentSystem;
              builder = "/bin/sh"; __contentAddressed = true;
              outputHashMode = "recursive"; outputHashAlgo = "sha256";
              args = [ "-c" "echo {nonce} > $out" ]; }}"#
@@ -285,9 +317,15 @@ fn a_ca_realisation_reaches_an_http_cache() {
         .as_str()
         .unwrap()
         .to_owned();
-    let stored = web.root().join(format!("cache/realisations/{id}.doi"));
-    let text = std::fs::read_to_string(&stored)
-        .unwrap_or_else(|e| panic!("{}: {e}\n{}\n{}", stored.display(), outbox.log(), web.log()));
+    let stored = cache_root.join(format!("realisations/{id}.doi"));
+    let text = std::fs::read_to_string(&stored).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}\n{}\n{}",
+            stored.display(),
+            outbox.log(),
+            server_log()
+        )
+    });
     let key_name = outbox.public_key.split(':').next().unwrap().to_owned();
     assert!(text.contains(&format!("\"{key_name}:")), "{text}");
 
@@ -296,7 +334,7 @@ fn a_ca_realisation_reaches_an_http_cache() {
     tk::run(
         tk::nix()
             .args(["--extra-experimental-features", FEATURES])
-            .args(["--option", "substituters", &base])
+            .args(["--option", "substituters", substituter])
             .args(["--option", "trusted-public-keys", &outbox.public_key])
             .args(["--option", "narinfo-cache-negative-ttl", "0"])
             .args(["build", "--store", root, "--no-link", "--max-jobs", "0"])
