@@ -20,15 +20,6 @@ fn copy(config: &Path, args: &[&str]) -> Output {
         .expect("run nix-outbox copy")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[test]
 fn copies_a_closure_once_and_refuses_non_store_paths() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,12 +54,12 @@ fn copies_a_closure_once_and_refuses_non_store_paths() {
 
     let url = format!("file://{}?compression=zstd", cache.display());
     let first = copy(&config, &["--to", &url, &root_path]);
-    assert!(first.status.success(), "{}", text(&first));
+    assert!(first.status.success(), "{}", tk::describe(&first));
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert!(
         stdout.contains(&root_path) && stdout.contains("uploaded 2, already present 0"),
         "{}",
-        text(&first)
+        tk::describe(&first)
     );
     for p in &closure {
         let base = Path::new(p).file_name().unwrap().to_str().unwrap();
@@ -77,15 +68,15 @@ fn copies_a_closure_once_and_refuses_non_store_paths() {
     }
     let public_key = std::fs::read_to_string(&pk).unwrap();
     let verify = tk::nix_store_verify_all(&format!("file://{}", cache.display()), &public_key);
-    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(verify.status.success(), "{}", tk::describe(&verify));
 
     // Again, through the configured target this time: everything is there.
     let second = copy(&config, &[&root_path]);
-    assert!(second.status.success(), "{}", text(&second));
+    assert!(second.status.success(), "{}", tk::describe(&second));
     assert!(
         String::from_utf8_lossy(&second.stdout).contains("uploaded 0, already present 2"),
         "{}",
-        text(&second)
+        tk::describe(&second)
     );
 
     // A path outside the store fails, names it, and uploads nothing (not
@@ -95,14 +86,14 @@ fn copies_a_closure_once_and_refuses_non_store_paths() {
     let outside = outside.to_str().unwrap();
     let nars_before = std::fs::read_dir(cache.join("nar")).unwrap().count();
     let bad = copy(&config, &[&root_path, outside]);
-    assert!(!bad.status.success(), "{}", text(&bad));
+    assert!(!bad.status.success(), "{}", tk::describe(&bad));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
         stderr.contains(outside) && stderr.contains("not directly inside the store"),
         "{}",
-        text(&bad)
+        tk::describe(&bad)
     );
-    assert!(bad.stdout.is_empty(), "{}", text(&bad));
+    assert!(bad.stdout.is_empty(), "{}", tk::describe(&bad));
     assert_eq!(
         std::fs::read_dir(cache.join("nar")).unwrap().count(),
         nars_before
@@ -111,21 +102,21 @@ fn copies_a_closure_once_and_refuses_non_store_paths() {
     // A well-formed store path that is not valid fails with its name.
     let gone = format!("/nix/store/{}-copy-never-built-{n}", "0".repeat(32));
     let invalid = copy(&config, &[&gone]);
-    assert!(!invalid.status.success(), "{}", text(&invalid));
+    assert!(!invalid.status.success(), "{}", tk::describe(&invalid));
     let stderr = String::from_utf8_lossy(&invalid.stderr);
     assert!(
         stderr.contains(&gone) && stderr.contains("not valid"),
         "{}",
-        text(&invalid)
+        tk::describe(&invalid)
     );
 
     // A bad --to URL fails before anything else happens.
     let bad_url = copy(&config, &["--to", "ftp://example.invalid/x", &root_path]);
-    assert!(!bad_url.status.success(), "{}", text(&bad_url));
+    assert!(!bad_url.status.success(), "{}", tk::describe(&bad_url));
     assert!(
         String::from_utf8_lossy(&bad_url.stderr).contains("ftp://example.invalid/x"),
         "{}",
-        text(&bad_url)
+        tk::describe(&bad_url)
     );
 
     // Tidy up the store: referrer first.

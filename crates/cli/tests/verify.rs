@@ -22,15 +22,6 @@ fn outbox(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run nix-outbox")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -89,7 +80,7 @@ impl Fixture {
     fn copy_to(&self, url: &str, env: &[(&str, &str)]) {
         let config = self.config.to_str().unwrap();
         let out = outbox(&["copy", "--config", config, "--to", url, &self.root], env);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", tk::describe(&out));
     }
 
     fn verify(&self, cache: &str, rest: &[&str], env: &[(&str, &str)]) -> Output {
@@ -127,7 +118,7 @@ fn nar_file(cache: &Path, path: &str) -> PathBuf {
 }
 
 fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert_eq!(out.status.code(), Some(code), "{}", tk::describe(out));
 }
 
 /// Truncates `file` to half its size; returns the original bytes.
@@ -150,10 +141,10 @@ fn file_cache_good_then_damaged() {
     assert!(
         stdout(&all).ends_with("2 path(s) checked, 0 problem(s)\n"),
         "{}",
-        text(&all)
+        tk::describe(&all)
     );
     let nix = tk::nix_store_verify_all(&url, &f.public_key);
-    assert!(nix.status.success(), "nix agrees: {}", text(&nix));
+    assert!(nix.status.success(), "nix agrees: {}", tk::describe(&nix));
     // A path, in any spelling, brings its closure.
     let one = f.verify(&url, &[hash_of(&f.root), "--json"], &[]);
     assert_exit(&one, 0);
@@ -181,13 +172,13 @@ fn file_cache_good_then_damaged() {
         assert!(
             out.contains(&format!("{p}: signed only by verify-test-1, none of the --trusted-public-keys (someone-else-1)")),
             "{}",
-            text(&wrong)
+            tk::describe(&wrong)
         );
     }
     assert!(
         out.ends_with("2 path(s) checked, 2 problem(s)\n"),
         "{}",
-        text(&wrong)
+        tk::describe(&wrong)
     );
 
     // (2) A narinfo whose NarSize was changed after signing.
@@ -213,7 +204,7 @@ fn file_cache_good_then_damaged() {
             f.root
         )),
         "{}",
-        text(&bad)
+        tk::describe(&bad)
     );
     assert!(
         out.contains(&format!(
@@ -222,15 +213,15 @@ fn file_cache_good_then_damaged() {
             size + 8
         )),
         "{}",
-        text(&bad)
+        tk::describe(&bad)
     );
     assert!(
         !out.contains(&format!("{}:", f.dep)),
         "dep is fine: {}",
-        text(&bad)
+        tk::describe(&bad)
     );
     let nix = tk::nix_store_verify_all(&url, &f.public_key);
-    assert!(!nix.status.success(), "nix agrees: {}", text(&nix));
+    assert!(!nix.status.success(), "nix agrees: {}", tk::describe(&nix));
     std::fs::write(&root_narinfo, &original).unwrap();
 
     // (3) A truncated NAR file.
@@ -244,14 +235,18 @@ fn file_cache_good_then_damaged() {
         bytes.len() / 2,
         bytes.len()
     );
-    assert!(stdout(&bad).contains(&want), "{want}\n{}", text(&bad));
+    assert!(
+        stdout(&bad).contains(&want),
+        "{want}\n{}",
+        tk::describe(&bad)
+    );
     assert!(
         stdout(&bad).ends_with("2 path(s) checked, 1 problem(s)\n"),
         "{}",
-        text(&bad)
+        tk::describe(&bad)
     );
     let nix = tk::nix_store_verify_all(&url, &f.public_key);
-    assert!(!nix.status.success(), "nix agrees: {}", text(&nix));
+    assert!(!nix.status.success(), "nix agrees: {}", tk::describe(&nix));
     std::fs::write(&nar, &bytes).unwrap();
 
     // (4) A reference without its narinfo.
@@ -271,15 +266,23 @@ fn file_cache_good_then_damaged() {
             "{}: references {}, which has no narinfo in the cache",
             f.root, f.dep
         );
-        assert!(stdout(&bad).contains(&want), "{args:?}: {}", text(&bad));
-        assert!(stdout(&bad).contains("--upstream URL"), "{}", text(&bad));
+        assert!(
+            stdout(&bad).contains(&want),
+            "{args:?}: {}",
+            tk::describe(&bad)
+        );
+        assert!(
+            stdout(&bad).contains("--upstream URL"),
+            "{}",
+            tk::describe(&bad)
+        );
         // Left to an upstream cache on purpose: a note, not a problem.
         let mut up = args.clone();
         up.extend(["--upstream", &empty_url, "--upstream", &upstream_url]);
         let ok = f.verify(&url, &up, &[]);
         assert_exit(&ok, 0);
         let want = format!("note: {} is not in the cache but in {upstream_url}", f.dep);
-        assert!(stdout(&ok).contains(&want), "{}", text(&ok));
+        assert!(stdout(&ok).contains(&want), "{}", tk::describe(&ok));
         // Not there either: still a problem.
         let mut up = args.clone();
         up.extend(["--upstream", &empty_url]);
@@ -296,9 +299,13 @@ fn file_cache_good_then_damaged() {
     assert!(
         stdout(&bad).contains("is a symbolic link"),
         "{}",
-        text(&bad)
+        tk::describe(&bad)
     );
-    assert!(!text(&bad).contains("do not print"), "{}", text(&bad));
+    assert!(
+        !tk::describe(&bad).contains("do not print"),
+        "{}",
+        tk::describe(&bad)
+    );
     std::fs::remove_file(&dep_narinfo).unwrap();
     std::fs::write(&dep_narinfo, dep_text).unwrap();
     assert_exit(&f.verify(&url, &["--all"], &[]), 0);
@@ -309,14 +316,14 @@ fn file_cache_good_then_damaged() {
     assert!(
         String::from_utf8_lossy(&gone.stderr).contains("does not exist"),
         "{}",
-        text(&gone)
+        tk::describe(&gone)
     );
     let http = f.verify("http://127.0.0.1:1/cache", &["--all"], &[]);
     assert_exit(&http, 2);
     assert!(
         String::from_utf8_lossy(&http.stderr).contains("HTTP caches cannot be"),
         "{}",
-        text(&http)
+        tk::describe(&http)
     );
     let bad_key = outbox(
         &[
@@ -351,12 +358,12 @@ fn s3_cache_good_then_truncated() {
     assert!(
         stdout(&good).ends_with("2 path(s) checked, 0 problem(s)\n"),
         "{}",
-        text(&good)
+        tk::describe(&good)
     );
     // Nix 2.8 cannot open s3://; the bucket's directory is the same cache.
     let bucket = s3.bucket_dir();
     let nix = tk::nix_store_verify_all(&format!("file://{}", bucket.display()), &f.public_key);
-    assert!(nix.status.success(), "nix agrees: {}", text(&nix));
+    assert!(nix.status.success(), "nix agrees: {}", tk::describe(&nix));
 
     let nar = nar_file(&bucket, &f.root);
     let bytes = truncate_half(&nar);
@@ -368,7 +375,11 @@ fn s3_cache_good_then_truncated() {
         bytes.len() / 2,
         bytes.len()
     );
-    assert!(stdout(&bad).contains(&want), "{want}\n{}", text(&bad));
+    assert!(
+        stdout(&bad).contains(&want),
+        "{want}\n{}",
+        tk::describe(&bad)
+    );
 
     // Rejected credentials: the cache cannot be read at all.
     let wrong = [
@@ -380,6 +391,6 @@ fn s3_cache_good_then_truncated() {
     assert!(
         String::from_utf8_lossy(&denied.stderr).contains("cannot read the cache"),
         "{}",
-        text(&denied)
+        tk::describe(&denied)
     );
 }

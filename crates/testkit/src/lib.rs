@@ -19,14 +19,18 @@ pub fn run(cmd: &mut Command) -> Output {
             cmd.get_program()
         )
     });
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+    assert!(out.status.success(), "{cmd:?} failed: {}", describe(&out));
+    out
+}
+
+/// A finished command's exit status and output, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    )
 }
 
 pub fn stdout_string(out: &Output) -> String {
