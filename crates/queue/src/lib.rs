@@ -76,6 +76,7 @@ macro_rules! text_enum {
 }
 
 mod error;
+mod expand;
 mod jobs;
 mod present;
 mod requests;
@@ -84,6 +85,7 @@ mod skipped;
 mod status;
 
 pub use error::QueueError;
+pub use expand::Expansion;
 pub use jobs::{Job, JobState};
 pub use present::PRESENT_CHUNK;
 pub use requests::{MAX_PATH_BYTES, MAX_PATHS, Request, RequestState, Source};

@@ -94,6 +94,7 @@ async fn serve(cfg: Config, inherited: Option<InheritedSocket>) -> anyhow::Resul
         workers: cfg.workers,
         queue: Arc::new(Mutex::new(queue)),
         wake: Notify::new(),
+        new_requests: Notify::new(),
         extras: cfg.extras.clone(),
     });
     let (tx, rx) = watch::channel(false);

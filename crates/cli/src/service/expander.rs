@@ -1,18 +1,24 @@
 //! Turns accepted requests into jobs: resolves the outputs of the build
 //! (Nix 2.8.0 gives none in `OUT_PATHS`; the derivation names them), keeps
-//! the valid ones and enqueues one job per (output, target) in a single
-//! transaction. The closure is expanded later, by the upload of each job,
-//! so a request is accepted in milliseconds whatever its closure size.
+//! the valid ones and enqueues one job per (output, target). Requests that
+//! arrived together are claimed in one transaction and expanded in one
+//! more, however many there are (up to [`MAX_BATCH`]). The closure is
+//! expanded later, by the upload of each job, so a request is accepted in
+//! milliseconds whatever its closure size.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix_outbox_core::StorePath;
-use nix_outbox_queue::Request;
+use nix_outbox_queue::{Expansion, Request};
 use nix_outbox_store::{build_outputs, sign_local_paths};
 use tokio::sync::watch;
 
 use super::{Daemon, Failure, idle};
+
+/// The most requests claimed and expanded in one transaction. Bounds the
+/// time the first of them waits for the store queries of the others.
+const MAX_BATCH: usize = 64;
 
 pub async fn expand_loop(
     d: Arc<Daemon>,
@@ -20,37 +26,124 @@ pub async fn expand_loop(
 ) -> anyhow::Result<()> {
     let svc = &d.svc;
     while !*shutdown.borrow() {
+        let woken = svc.new_requests.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let now = d.now();
-        let claimed = svc.with_queue(move |q| q.claim_request(now)).await;
-        match claimed {
-            Ok(Some(req)) => {
-                let (id, attempts) = (req.id, req.attempts);
-                if let Err(e) = expand(&d, req).await {
-                    // The store being away is the usual cause, and passes.
-                    let delay = d
-                        .retry
-                        .delay(attempts, Failure::Transient, None, d.jitter.next());
-                    let at = d.clock.after(delay);
-                    tracing::warn!(
-                        "request {id}: cannot resolve its outputs yet ({e:#}); retrying in {}s",
-                        at - d.now()
-                    );
-                    let msg = format!("{e:#}");
-                    svc.with_queue(move |q| q.defer_request(id, &msg, at))
-                        .await?;
+        match svc
+            .with_queue(move |q| q.claim_requests(now, MAX_BATCH))
+            .await
+        {
+            Ok(claimed) if claimed.is_empty() => {
+                idle(woken, &mut shutdown, Duration::from_secs(1)).await
+            }
+            Ok(claimed) => {
+                if let Err(e) = expand_batch(&d, claimed).await {
+                    // The queue failing to record a deferral: the requests
+                    // stay `new` and are claimed again after a pause.
+                    tracing::error!("queue error while expanding requests: {e:#}");
+                    idle(woken, &mut shutdown, Duration::from_secs(1)).await;
                 }
             }
-            Ok(None) => idle(svc, &mut shutdown, Duration::from_secs(1)).await,
             Err(e) => {
-                tracing::error!("queue error while claiming a request: {e:#}");
-                idle(svc, &mut shutdown, Duration::from_secs(1)).await;
+                tracing::error!("queue error while claiming requests: {e:#}");
+                idle(woken, &mut shutdown, Duration::from_secs(1)).await;
             }
         }
     }
     Ok(())
 }
 
-async fn expand(d: &Daemon, req: Request) -> anyhow::Result<()> {
+/// Resolves each claimed request through the store, then writes the jobs of
+/// all that resolved in one transaction; those that did not are deferred.
+async fn expand_batch(d: &Daemon, claimed: Vec<Request>) -> anyhow::Result<()> {
+    let svc = &d.svc;
+    let mut resolved = Vec::with_capacity(claimed.len());
+    for req in claimed {
+        let (id, attempts) = (req.id, req.attempts);
+        match resolve(d, req).await {
+            Ok(valid) => resolved.push((id, attempts, valid)),
+            Err(e) => defer(d, id, attempts, &e).await?,
+        }
+    }
+    if resolved.is_empty() {
+        return Ok(());
+    }
+    let expansions: Vec<Expansion> = resolved
+        .iter()
+        .map(|(id, _, valid)| (*id, valid.iter().map(|p| p.as_str().to_owned()).collect()))
+        .collect();
+    let targets: Vec<String> = svc.targets.iter().map(|t| t.id.clone()).collect();
+    let now = d.now();
+    let created = match svc
+        .with_queue({
+            let (expansions, targets) = (expansions.clone(), targets.clone());
+            move |q| q.expand_requests(&expansions, &targets, now)
+        })
+        .await
+    {
+        Ok(created) => created,
+        // One bad request must not hold back the others: write them one
+        // by one, and defer only what fails.
+        Err(e) if expansions.len() > 1 => {
+            tracing::debug!(
+                "expanding {} requests together failed ({e:#}); one by one",
+                expansions.len()
+            );
+            let mut created = 0;
+            for ((id, paths), (_, attempts, _)) in expansions.into_iter().zip(&resolved) {
+                let targets = targets.clone();
+                match svc
+                    .with_queue(move |q| q.expand_request(id, &paths, &targets, now))
+                    .await
+                {
+                    Ok(n) => created += n,
+                    Err(e) => defer(d, id, *attempts, &e).await?,
+                }
+            }
+            created
+        }
+        Err(e) => {
+            defer(d, expansions[0].0, resolved[0].1, &e).await?;
+            0
+        }
+    };
+    tracing::debug!(
+        "{} request(s) expanded, {created} new job(s)",
+        resolved.len()
+    );
+    if created > 0 {
+        svc.wake.notify_waiters();
+    }
+    if svc.extras.sign_local_store {
+        for (id, _, valid) in resolved.iter().filter(|(_, _, v)| !v.is_empty()) {
+            sign_locally(d, *id, valid).await;
+        }
+    }
+    Ok(())
+}
+
+/// Leaves request `id` `new` with its error, to be claimed again after the
+/// retry policy's delay. The store being away is the usual cause, and
+/// passes.
+async fn defer(d: &Daemon, id: i64, attempts: u32, e: &anyhow::Error) -> anyhow::Result<()> {
+    let delay = d
+        .retry
+        .delay(attempts, Failure::Transient, None, d.jitter.next());
+    let at = d.clock.after(delay);
+    tracing::warn!(
+        "request {id}: cannot resolve its outputs yet ({e:#}); retrying in {}s",
+        at - d.now()
+    );
+    let msg = format!("{e:#}");
+    d.svc
+        .with_queue(move |q| q.defer_request(id, &msg, at))
+        .await
+}
+
+/// Which of the request's outputs are valid in the store, in upload order
+/// (Nix 2.8.0 gives no `OUT_PATHS`: the derivation names the outputs).
+async fn resolve(d: &Daemon, req: Request) -> anyhow::Result<Vec<StorePath>> {
     let svc = &d.svc;
     let sd = &svc.store_dir;
     // The paths were validated when accepted; a failure here means the
@@ -78,32 +171,21 @@ async fn expand(d: &Daemon, req: Request) -> anyhow::Result<()> {
             sd.display(p)
         );
     }
-    let paths: Vec<String> = valid.iter().map(|p| p.as_str().to_owned()).collect();
-    let targets: Vec<String> = svc.targets.iter().map(|t| t.id.clone()).collect();
-    let id = req.id;
-    let now = d.now();
-    let created = svc
-        .with_queue(move |q| q.expand_request(id, &paths, &targets, now))
-        .await?;
-    tracing::debug!(
-        "request {id}: {} output(s), {created} new job(s)",
-        valid.len()
-    );
-    if created > 0 {
-        svc.wake.notify_waiters();
+    Ok(valid)
+}
+
+/// Adds our signatures to the store's own record of the paths (after the
+/// commit, and best effort: the uploads matter, and a store that refuses,
+/// because we are not a trusted user, must not hold them back; the cache's
+/// narinfos get our signatures regardless).
+async fn sign_locally(d: &Daemon, id: i64, valid: &[StorePath]) {
+    let svc = &d.svc;
+    match sign_local_paths(&svc.pool, valid, &svc.keys).await {
+        Ok(n) => tracing::debug!("request {id}: signed {n} path(s) in the local store"),
+        Err(e) => tracing::warn!(
+            "request {id}: cannot add our signatures to the local store ({e}); \
+             the daemon must connect as a trusted user (trusted-users in nix.conf), \
+             or set sign-local-store = false"
+        ),
     }
-    if svc.extras.sign_local_store && !valid.is_empty() {
-        // After the commit, and best effort: the uploads matter, and a
-        // store that refuses (we are not a trusted user) must not hold
-        // them back. The cache's narinfos get our signatures regardless.
-        match sign_local_paths(&svc.pool, &valid, &svc.keys).await {
-            Ok(n) => tracing::debug!("request {id}: signed {n} path(s) in the local store"),
-            Err(e) => tracing::warn!(
-                "request {id}: cannot add our signatures to the local store ({e}); \
-                 the daemon must connect as a trusted user (trusted-users in nix.conf), \
-                 or set sign-local-store = false"
-            ),
-        }
-    }
-    Ok(())
 }

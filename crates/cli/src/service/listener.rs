@@ -181,7 +181,12 @@ async fn commit_loop(d: Arc<Daemon>, mut rx: mpsc::Receiver<Pending>) {
                 }
             }
         }
-        d.svc.wake.notify_waiters();
+        // Let the handlers send their replies before the expander starts
+        // on the new requests: woken last, it would otherwise run first
+        // (tokio runs the task woken last next) and hold the queue, and
+        // the CPU, while the hooks wait for their `ok`.
+        tokio::task::yield_now().await;
+        d.svc.new_requests.notify_one();
     }
 }
 

@@ -27,6 +27,7 @@ mod retry_loop_tests;
 mod test_target;
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use nix_outbox_queue::{Queue, QueueError};
 use nix_outbox_store::StorePool;
 use nix_outbox_upload::{Target, TargetConfig};
 use tokio::net::UnixListener;
+use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, watch};
 
 pub use clock::Clock;
@@ -66,8 +68,13 @@ pub struct Service {
     pub workers: usize,
     /// SQLite handle; calls run on blocking threads.
     pub queue: Arc<Mutex<Queue>>,
-    /// Wakes the expander and workers when new work is committed.
+    /// Wakes the workers when jobs are created (or made due by hand).
     pub wake: Notify,
+    /// Wakes the expander when a request is committed. Kept apart from
+    /// `wake` so that a hook's commit wakes one task, not every worker: on
+    /// a machine busy building, each needless wake-up is CPU taken from
+    /// the builds and from the next hook's acknowledgement.
+    pub new_requests: Notify,
     /// Build logs and local signatures.
     pub extras: crate::config::CacheExtras,
 }
@@ -306,6 +313,7 @@ pub async fn run_managed(
     }
     let _ = shutdown.wait_for(|s| *s).await;
     d.svc.wake.notify_waiters();
+    d.svc.new_requests.notify_waiters();
     drain(&d, &mut tasks, lifecycle.stop_timeout).await;
     let _ = close_tx.send(true);
     if let Ok(Err(e)) = accepting.await {
@@ -355,10 +363,16 @@ async fn drain(d: &Daemon, tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
     }
 }
 
-/// Sleeps until woken, the shutdown flips, or `max` passes.
-pub(crate) async fn idle(svc: &Service, shutdown: &mut watch::Receiver<bool>, max: Duration) {
+/// Sleeps until `woken` fires, the shutdown flips, or `max` passes. Take
+/// `woken` (and `enable` it) before looking for work, so that a notice sent
+/// between the look and the sleep is not missed.
+pub(crate) async fn idle(
+    woken: Pin<&mut Notified<'_>>,
+    shutdown: &mut watch::Receiver<bool>,
+    max: Duration,
+) {
     tokio::select! {
-        _ = svc.wake.notified() => {}
+        _ = woken => {}
         _ = shutdown.changed() => {}
         _ = tokio::time::sleep(max) => {}
     }

@@ -63,6 +63,7 @@ fn rig(failures: usize, error: fn(&str) -> UploadError) -> Rig {
         workers: 1,
         queue: Arc::new(Mutex::new(queue)),
         wake: Notify::new(),
+        new_requests: Notify::new(),
         // The probe target keeps no logs; this test is about NAR retries.
         extras: crate::config::CacheExtras {
             upload_build_logs: false,

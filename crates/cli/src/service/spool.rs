@@ -10,7 +10,7 @@ use nix_outbox_hook::spool::{list_spool, read_spool_file};
 use nix_outbox_queue::Source;
 use tokio::sync::watch;
 
-use super::{Daemon, idle};
+use super::Daemon;
 
 /// How often the spool is scanned (the hook cannot wake a daemon that was
 /// not listening, so we poll; a spooled request waits at most this long).
@@ -24,7 +24,13 @@ pub async fn ingest_loop(
         if let Err(e) = ingest_once(&d).await {
             tracing::warn!("spool ingestion failed (will retry): {e:#}");
         }
-        idle(&d.svc, &mut shutdown, SCAN_INTERVAL).await;
+        // Only the clock and the stop end this wait: nothing tells us
+        // about spool files, and commits through the socket are none of
+        // this loop's business.
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+        }
     }
     Ok(())
 }
@@ -76,7 +82,7 @@ pub async fn ingest_once(d: &Daemon) -> anyhow::Result<usize> {
         }
     }
     if n > 0 {
-        svc.wake.notify_waiters();
+        svc.new_requests.notify_one();
     }
     Ok(n)
 }

@@ -30,6 +30,9 @@ pub async fn worker_loop(
 ) -> anyhow::Result<()> {
     let svc = &d.svc;
     while !*shutdown.borrow() {
+        let woken = svc.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let now = d.now();
         match svc.with_queue(move |q| q.claim_job(now)).await {
             Ok(Some(job)) => run_job(&d, job).await?,
@@ -40,11 +43,11 @@ pub async fn worker_loop(
                     Ok(Some(at)) => d.clock.until(at).min(IDLE_MAX),
                     _ => IDLE_MAX,
                 };
-                idle(svc, &mut shutdown, wait.max(Duration::from_millis(50))).await;
+                idle(woken, &mut shutdown, wait.max(Duration::from_millis(50))).await;
             }
             Err(e) => {
                 tracing::error!("worker {n}: queue error: {e:#}");
-                idle(svc, &mut shutdown, Duration::from_secs(1)).await;
+                idle(woken, &mut shutdown, Duration::from_secs(1)).await;
             }
         }
     }
