@@ -25,6 +25,8 @@
 #   KEEP_LOGS=DIR   keep each run's directory (logs, configs, caches) in DIR
 #   SETTLE=2        seconds between starting the daemons and the loop (every
 #                   configuration), so start-up work is not measured
+#   OUTBOX_PREFIX=  a command prefix for `nix-outbox daemon` (say,
+#                   "nice -n 10"), for experiments; empty in recorded runs
 #   MAX_LOAD=1.5 LOAD_WAIT=1200
 #                   before measuring, wait (polling every 60 s, at most
 #                   LOAD_WAIT s) for the 1-minute load to fall to MAX_LOAD
@@ -215,7 +217,7 @@ write_outbox_config() {
 start_outbox() {
   local d=$1 state=$2 i
   env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN -u AWS_PROFILE \
-    NIX_REMOTE="unix://$NIXD_SOCK" "$OUTBOX" daemon --config "$d/config.toml" \
+    NIX_REMOTE="unix://$NIXD_SOCK" ${OUTBOX_PREFIX:-} "$OUTBOX" daemon --config "$d/config.toml" \
     </dev/null >"$d/outbox.log" 2>&1 &
   OUTBOX_PID=$!
   BENCH_PIDS+=("$OUTBOX_PID")

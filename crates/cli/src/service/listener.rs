@@ -7,6 +7,11 @@
 //! that arrives while a commit is running goes into the next one, so one
 //! disk sync acknowledges many hooks when builds finish together (with one
 //! transaction per request, a burst of hooks queued behind the syncs).
+//!
+//! The socket has a thread of its own (see [`spawn`]): a build waits for
+//! its hook, so the acknowledgement must not queue behind upload work for
+//! the runtime's threads, and every hand-over between threads is a wake-up
+//! that, on a machine busy building, waits for a CPU.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +43,39 @@ struct Pending {
     reply: oneshot::Sender<Result<i64, String>>,
 }
 
-pub async fn accept_loop(
+/// Serves the hook socket on a dedicated thread, with a single-threaded
+/// runtime of its own, until `shutdown` flips (see [`accept_loop`]). The
+/// commit runs on that thread too, so a hook's request is read, committed
+/// and answered without waking any other thread (but the one holding the
+/// queue, if it is busy). Returns the loop's outcome once it has ended.
+pub fn spawn(
+    d: Arc<Daemon>,
+    listener: UnixListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
+    // Moved to the new thread's runtime: a tokio socket belongs to the
+    // reactor of the runtime that registered it.
+    let listener = listener.into_std()?;
+    let (done, outcome) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("nix-outbox-hooks".into())
+        .spawn(move || {
+            let res = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let listener = UnixListener::from_std(listener)?;
+                        accept_loop(d, listener, shutdown).await
+                    })
+                });
+            let _ = done.send(res);
+        })?;
+    Ok(outcome)
+}
+
+async fn accept_loop(
     d: Arc<Daemon>,
     listener: UnixListener,
     mut shutdown: watch::Receiver<bool>,
@@ -159,10 +196,14 @@ async fn commit_loop(d: Arc<Daemon>, mut rx: mpsc::Receiver<Pending>) {
             .map(|p| (p.drv.take(), std::mem::take(&mut p.outs)))
             .collect();
         let now = d.now();
-        let results = d
-            .svc
-            .with_queue(move |q| q.add_requests(Source::Hook, &requests, now))
-            .await;
+        // Blocking this thread's runtime while the commit runs is the
+        // point: it serves nothing but hooks, whose requests wait for this
+        // commit or the next; a blocking-pool thread would add two
+        // hand-overs to every acknowledgement.
+        let results = {
+            let mut q = d.svc.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.add_requests(Source::Hook, &requests, now)
+        };
         match results {
             Ok(results) => {
                 for (p, res) in batch.drain(..).zip(results) {
@@ -174,8 +215,8 @@ async fn commit_loop(d: Arc<Daemon>, mut rx: mpsc::Receiver<Pending>) {
                 }
             }
             Err(e) => {
-                tracing::error!("cannot commit {} hook request(s): {e:#}", batch.len());
-                let msg = format!("{e:#}");
+                tracing::error!("cannot commit {} hook request(s): {e}", batch.len());
+                let msg = e.to_string();
                 for p in batch.drain(..) {
                     let _ = p.reply.send(Err(msg.clone()));
                 }

@@ -282,7 +282,7 @@ pub async fn run_managed(
     }
     // The listener outlives the drain: it stops on its own signal, last.
     let (close_tx, close_rx) = watch::channel(false);
-    let accepting = tokio::spawn(listener::accept_loop(d.clone(), listener, close_rx.clone()));
+    let accepting = listener::spawn(d.clone(), listener, close_rx.clone())?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(spool::ingest_loop(d.clone(), shutdown.clone()));
     tasks.spawn(expander::expand_loop(d.clone(), shutdown.clone()));
