@@ -38,7 +38,7 @@ pub async fn expand_loop(
                 idle(woken, &mut shutdown, Duration::from_secs(1)).await
             }
             Ok(claimed) => {
-                if let Err(e) = expand_batch(&d, claimed).await {
+                if let Err(e) = expand_batch(&d, claimed, &shutdown).await {
                     // The queue failing to record a deferral: the requests
                     // stay `new` and are claimed again after a pause.
                     tracing::error!("queue error while expanding requests: {e:#}");
@@ -56,86 +56,111 @@ pub async fn expand_loop(
 
 /// Resolves each claimed request through the store, then writes the jobs of
 /// all that resolved in one transaction; those that did not are deferred.
-async fn expand_batch(d: &Daemon, claimed: Vec<Request>) -> anyhow::Result<()> {
+/// A request left when the daemon stops stays `new`, claimed again at the
+/// next start. A failure to defer one request does not stop the others; it
+/// is returned at the end.
+async fn expand_batch(
+    d: &Daemon,
+    claimed: Vec<Request>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let svc = &d.svc;
+    let mut first_error = None;
+    let mut keep = |res: anyhow::Result<()>| {
+        if let Err(e) = res {
+            first_error.get_or_insert(e);
+        }
+    };
     let mut resolved = Vec::with_capacity(claimed.len());
     for req in claimed {
+        // A store that answers slowly must not hold a stop past its
+        // timeout: the rest of the batch waits for the next start.
+        if *shutdown.borrow() {
+            break;
+        }
         let (id, attempts) = (req.id, req.attempts);
         match resolve(d, req).await {
             Ok(valid) => resolved.push((id, attempts, valid)),
-            Err(e) => defer(d, id, attempts, &e).await?,
+            Err(e) => keep(
+                defer(
+                    d,
+                    id,
+                    attempts,
+                    &format!("cannot resolve its outputs yet ({e:#})"),
+                )
+                .await,
+            ),
         }
     }
-    if resolved.is_empty() {
-        return Ok(());
-    }
+    let targets: Vec<String> = svc.targets.iter().map(|t| t.id.clone()).collect();
     let expansions: Vec<Expansion> = resolved
         .iter()
         .map(|(id, _, valid)| (*id, valid.iter().map(|p| p.as_str().to_owned()).collect()))
         .collect();
-    let targets: Vec<String> = svc.targets.iter().map(|t| t.id.clone()).collect();
     let now = d.now();
-    let created = match svc
-        .with_queue({
-            let (expansions, targets) = (expansions.clone(), targets.clone());
-            move |q| q.expand_requests(&expansions, &targets, now)
-        })
-        .await
-    {
-        Ok(created) => created,
-        // One bad request must not hold back the others: write them one
-        // by one, and defer only what fails.
-        Err(e) if expansions.len() > 1 => {
-            tracing::debug!(
-                "expanding {} requests together failed ({e:#}); one by one",
-                expansions.len()
-            );
-            let mut created = 0;
-            for ((id, paths), (_, attempts, _)) in expansions.into_iter().zip(&resolved) {
-                let targets = targets.clone();
-                match svc
-                    .with_queue(move |q| q.expand_request(id, &paths, &targets, now))
-                    .await
-                {
-                    Ok(n) => created += n,
-                    Err(e) => defer(d, id, *attempts, &e).await?,
+    // Which requests got their jobs, in `resolved`'s order.
+    let mut expanded = vec![true; resolved.len()];
+    let mut created = 0;
+    if !expansions.is_empty() {
+        let together = svc
+            .with_queue({
+                let (expansions, targets) = (expansions.clone(), targets.clone());
+                move |q| q.expand_requests(&expansions, &targets, now)
+            })
+            .await;
+        match together {
+            Ok(n) => created = n,
+            // One bad request must not hold back the others: write them
+            // one by one, and defer only what fails.
+            Err(e) => {
+                tracing::debug!(
+                    "expanding {} request(s) together failed ({e:#}); one by one",
+                    expansions.len()
+                );
+                for (i, (id, paths)) in expansions.into_iter().enumerate() {
+                    let targets = targets.clone();
+                    match svc
+                        .with_queue(move |q| q.expand_request(id, &paths, &targets, now))
+                        .await
+                    {
+                        Ok(n) => created += n,
+                        Err(e) => {
+                            expanded[i] = false;
+                            let why = format!("cannot record its jobs in the queue ({e:#})");
+                            keep(defer(d, id, resolved[i].1, &why).await);
+                        }
+                    }
                 }
             }
-            created
         }
-        Err(e) => {
-            defer(d, expansions[0].0, resolved[0].1, &e).await?;
-            0
-        }
-    };
-    tracing::debug!(
-        "{} request(s) expanded, {created} new job(s)",
-        resolved.len()
-    );
+    }
+    let done: Vec<&(i64, u32, Vec<StorePath>)> = resolved
+        .iter()
+        .zip(&expanded)
+        .filter_map(|(r, ok)| ok.then_some(r))
+        .collect();
+    tracing::debug!("{} request(s) expanded, {created} new job(s)", done.len());
     if created > 0 {
         svc.wake.notify_waiters();
     }
     if svc.extras.sign_local_store {
-        for (id, _, valid) in resolved.iter().filter(|(_, _, v)| !v.is_empty()) {
+        for (id, _, valid) in done.into_iter().filter(|(_, _, v)| !v.is_empty()) {
             sign_locally(d, *id, valid).await;
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
-/// Leaves request `id` `new` with its error, to be claimed again after the
-/// retry policy's delay. The store being away is the usual cause, and
-/// passes.
-async fn defer(d: &Daemon, id: i64, attempts: u32, e: &anyhow::Error) -> anyhow::Result<()> {
+/// Leaves request `id` `new` with `why` as its error, to be claimed again
+/// after the retry policy's delay. The store being away is the usual
+/// cause, and passes.
+async fn defer(d: &Daemon, id: i64, attempts: u32, why: &str) -> anyhow::Result<()> {
     let delay = d
         .retry
         .delay(attempts, Failure::Transient, None, d.jitter.next());
     let at = d.clock.after(delay);
-    tracing::warn!(
-        "request {id}: cannot resolve its outputs yet ({e:#}); retrying in {}s",
-        at - d.now()
-    );
-    let msg = format!("{e:#}");
+    tracing::warn!("request {id}: {why}; retrying in {}s", at - d.now());
+    let msg = why.to_owned();
     d.svc
         .with_queue(move |q| q.defer_request(id, &msg, at))
         .await

@@ -47,29 +47,35 @@ struct Pending {
 /// runtime of its own, until `shutdown` flips (see [`accept_loop`]). The
 /// commit runs on that thread too, so a hook's request is read, committed
 /// and answered without waking any other thread (but the one holding the
-/// queue, if it is busy). Returns the loop's outcome once it has ended.
+/// queue, if it is busy).
+///
+/// Setting up fails here, before the daemon says it is ready. The
+/// receiver yields the loop's outcome once it has ended; it ends before
+/// `shutdown` only on a failure (a panic drops the sender), which the
+/// caller must treat as fatal: without the socket every hook spools.
+///
+/// Timestamps of hook requests come from `d.clock`; a clock that follows
+/// tokio's (paused in tests) reads this thread's runtime, which is never
+/// paused.
 pub fn spawn(
     d: Arc<Daemon>,
     listener: UnixListener,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
-    // Moved to the new thread's runtime: a tokio socket belongs to the
-    // reactor of the runtime that registered it.
-    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Registered again with the new runtime's reactor: a tokio socket
+    // belongs to the runtime that registered it.
+    let listener = {
+        let _entered = runtime.enter();
+        UnixListener::from_std(listener.into_std()?)?
+    };
     let (done, outcome) = oneshot::channel();
     std::thread::Builder::new()
         .name("nix-outbox-hooks".into())
         .spawn(move || {
-            let res = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| {
-                    rt.block_on(async move {
-                        let listener = UnixListener::from_std(listener)?;
-                        accept_loop(d, listener, shutdown).await
-                    })
-                });
+            let res = runtime.block_on(accept_loop(d, listener, shutdown));
             let _ = done.send(res);
         })?;
     Ok(outcome)
@@ -82,7 +88,7 @@ async fn accept_loop(
 ) -> anyhow::Result<()> {
     // The committer ends once every handler (each holds a sender) is done.
     let (commits, rx) = mpsc::channel(4 * MAX_BATCH);
-    let committer = tokio::spawn(commit_loop(d.clone(), rx));
+    let mut committer = tokio::spawn(commit_loop(d.clone(), rx));
     // Handlers are kept (not detached) so that a stop waits for the
     // requests already accepted to be committed and answered: a runtime
     // shutting down would drop them unanswered.
@@ -90,6 +96,18 @@ async fn accept_loop(
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
+            // It ends only when every sender is gone, so this is a panic:
+            // every request would then be refused (and spooled). Stop, so
+            // that the daemon fails loudly and is restarted.
+            res = &mut committer => {
+                let why = match res {
+                    Err(e) if e.is_panic() => "it panicked".to_owned(),
+                    Err(e) => e.to_string(),
+                    Ok(()) => "it stopped".to_owned(),
+                };
+                handlers.abort_all();
+                anyhow::bail!("the hook request committer failed ({why})");
+            }
             // Reaps finished handlers so the set stays small.
             Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             res = listener.accept() => match res {
@@ -222,10 +240,9 @@ async fn commit_loop(d: Arc<Daemon>, mut rx: mpsc::Receiver<Pending>) {
                 }
             }
         }
-        // Let the handlers send their replies before the expander starts
-        // on the new requests: woken last, it would otherwise run first
-        // (tokio runs the task woken last next) and hold the queue, and
-        // the CPU, while the hooks wait for their `ok`.
+        // Let the handlers write their replies before this task blocks the
+        // thread again with the next commit (and before the expander, on
+        // the other runtime, competes for the CPUs and the queue).
         tokio::task::yield_now().await;
         d.svc.new_requests.notify_one();
     }

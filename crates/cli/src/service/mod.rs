@@ -66,9 +66,11 @@ pub struct Service {
     pub keys: Vec<SecretKey>,
     pub spool_dir: PathBuf,
     pub workers: usize,
-    /// SQLite handle; calls run on blocking threads.
+    /// SQLite handle; calls run on blocking threads (and the hook
+    /// socket's commits on that socket's own thread).
     pub queue: Arc<Mutex<Queue>>,
-    /// Wakes the workers when jobs are created (or made due by hand).
+    /// Wakes the workers when the expander creates jobs (jobs made due by
+    /// `nix-outbox retry` are found by the workers' polling).
     pub wake: Notify,
     /// Wakes the expander when a request is committed. Kept apart from
     /// `wake` so that a hook's commit wakes one task, not every worker: on
@@ -282,10 +284,13 @@ pub async fn run_managed(
     }
     // The listener outlives the drain: it stops on its own signal, last.
     let (close_tx, close_rx) = watch::channel(false);
-    let accepting = listener::spawn(d.clone(), listener, close_rx.clone())?;
+    let mut accepting = listener::spawn(d.clone(), listener, close_rx.clone())?;
+    // The loops stop on `stop`: set by `shutdown`, or by a failure of the
+    // hook socket (below).
+    let (stop_tx, stop) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(spool::ingest_loop(d.clone(), shutdown.clone()));
-    tasks.spawn(expander::expand_loop(d.clone(), shutdown.clone()));
+    tasks.spawn(spool::ingest_loop(d.clone(), stop.clone()));
+    tasks.spawn(expander::expand_loop(d.clone(), stop.clone()));
     // Like the listener, /metrics and the progress file stay up during
     // the drain (that is when watching the uploads in flight matters).
     let mut observers = tokio::task::JoinSet::new();
@@ -306,17 +311,33 @@ pub async fn run_managed(
         ));
     }
     for n in 0..d.svc.workers {
-        tasks.spawn(workers::worker_loop(d.clone(), n, shutdown.clone()));
+        tasks.spawn(workers::worker_loop(d.clone(), n, stop.clone()));
     }
     if let Some(ready) = lifecycle.on_ready {
         ready();
     }
-    let _ = shutdown.wait_for(|s| *s).await;
+    // The hook socket ends early only on a failure. Then the daemon stops
+    // (draining the uploads as for a stop) and exits with the error, so
+    // that it is restarted rather than run on with every hook spooling.
+    let failed = tokio::select! {
+        _ = shutdown.wait_for(|s| *s) => None,
+        res = &mut accepting => Some(match res {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => anyhow::anyhow!("the hook socket closed unexpectedly"),
+            Err(_) => anyhow::anyhow!("the hook socket's thread panicked"),
+        }),
+    };
+    if let Some(e) = &failed {
+        tracing::error!("{e:#}; stopping (hooks spool their requests until a restart)");
+    }
+    let _ = stop_tx.send(true);
     d.svc.wake.notify_waiters();
     d.svc.new_requests.notify_waiters();
     drain(&d, &mut tasks, lifecycle.stop_timeout).await;
     let _ = close_tx.send(true);
-    if let Ok(Err(e)) = accepting.await {
+    if failed.is_none()
+        && let Ok(Err(e)) = accepting.await
+    {
         tracing::error!("daemon task failed: {e:#}");
     }
     while let Some(res) = observers.join_next().await {
@@ -324,7 +345,10 @@ pub async fn run_managed(
             tracing::error!("daemon task failed: {e:#}");
         }
     }
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Waits for the loops to end (workers end after their current job), for
