@@ -75,11 +75,7 @@ impl Queue {
         targets: &[String],
         now: i64,
     ) -> Result<usize, QueueError> {
-        const OP: &str = "expanding a request into jobs";
-        let tx = self.write(OP)?;
-        let created = expand_in(&tx, id, paths, targets, now)?;
-        tx.commit().context(OP)?;
-        Ok(created)
+        self.expand_all([(id, paths)], targets, now)
     }
 
     /// [`expand_request`](Self::expand_request) for several requests in one
@@ -92,11 +88,22 @@ impl Queue {
         targets: &[String],
         now: i64,
     ) -> Result<usize, QueueError> {
+        let items = expansions.iter().map(|(id, paths)| (*id, paths.as_slice()));
+        self.expand_all(items, targets, now)
+    }
+
+    /// Expands `(id, paths)` items in one transaction.
+    fn expand_all<'a>(
+        &mut self,
+        items: impl IntoIterator<Item = (i64, &'a [String])>,
+        targets: &[String],
+        now: i64,
+    ) -> Result<usize, QueueError> {
         const OP: &str = "expanding requests into jobs";
         let tx = self.write(OP)?;
         let mut created = 0;
-        for (id, paths) in expansions {
-            created += expand_in(&tx, *id, paths, targets, now)?;
+        for (id, paths) in items {
+            created += expand_in(&tx, id, paths, targets, now)?;
         }
         tx.commit().context(OP)?;
         Ok(created)
