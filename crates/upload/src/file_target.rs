@@ -112,14 +112,8 @@ impl Target for FileTarget {
     fn has_narinfo<'a>(&'a self, hash_part: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
         Box::pin(async move {
             check_hash_part(hash_part)?;
-            let path = self.root.join(format!("{hash_part}.narinfo"));
-            let id = self.id.clone();
-            blocking(move || match fs::symlink_metadata(&path) {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(io_err(&id, "look up", &path, e)),
-            })
-            .await
+            self.has_file(self.root.join(format!("{hash_part}.narinfo")))
+                .await
         })
     }
 
@@ -204,8 +198,8 @@ impl FileTarget {
         .await
     }
 
-    /// Whether a build log or realisation file exists (a symlink counts:
-    /// it is not followed, and is not ours to replace).
+    /// Whether a narinfo, build log or realisation file exists (a symlink
+    /// counts: it is not followed, and is not ours to replace).
     async fn has_file(&self, path: PathBuf) -> Result<bool, UploadError> {
         let id = self.id.clone();
         blocking(move || match fs::symlink_metadata(&path) {

@@ -173,7 +173,7 @@ impl ObjectStoreTarget {
         &self.remote
     }
 
-    /// Whether `key` exists (a HEAD request), for build logs and
+    /// Whether `key` exists (a HEAD request), for narinfos, build logs and
     /// realisations.
     async fn has_key(&self, key: String) -> Result<bool, UploadError> {
         let path = ObjectPath::from(key.as_str());
@@ -184,7 +184,10 @@ impl ObjectStoreTarget {
         match self.remote.deadline("look up", &key, 0, head).await {
             Ok(_) => Ok(true),
             Err(e) if is_missing_key(&e) => Ok(false),
-            // As for narinfos: without s3:ListBucket a missing key is 403.
+            // Without s3:ListBucket a missing key gives 403, and a HEAD
+            // answer has no body to tell it from bad credentials. Nix
+            // treats it as missing too; bad credentials then show up
+            // clearly on the next write.
             Err(UploadError::Remote {
                 kind: RemoteErrorKind::Credentials | RemoteErrorKind::Denied,
                 ..
@@ -305,25 +308,7 @@ impl Target for ObjectStoreTarget {
     fn has_narinfo<'a>(&'a self, hash_part: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
         Box::pin(async move {
             check_hash_part(hash_part)?;
-            let key = format!("{hash_part}.narinfo");
-            let path = ObjectPath::from(key.as_str());
-            let head = self
-                .remote
-                .store
-                .get_opts(&path, GetOptions::new().with_head(true));
-            match self.remote.deadline("look up", &key, 0, head).await {
-                Ok(_) => Ok(true),
-                Err(e) if is_missing_key(&e) => Ok(false),
-                // Without s3:ListBucket a missing key gives 403, and a HEAD
-                // answer has no body to tell it from bad credentials. Nix
-                // treats it as missing too; bad credentials then show up
-                // clearly on the next write.
-                Err(UploadError::Remote {
-                    kind: RemoteErrorKind::Credentials | RemoteErrorKind::Denied,
-                    ..
-                }) if self.remote.is_s3 => Ok(false),
-                Err(e) => Err(e),
-            }
+            self.has_key(format!("{hash_part}.narinfo")).await
         })
     }
 
