@@ -50,6 +50,12 @@ ensure_cargo_fuzz() {
   fi
 }
 
+# A one-shot run gains nothing from incremental caches, which were some
+# 20 GiB of the target dir; CI's disk is shared and has run out before.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+log "disk space (a full disk fails tests with ENOSPC, not with our bugs)"
+df -h . /tmp
+
 ensure_nix
 ensure_systemd_tools
 # The S3 and HTTP target tests run against a real s3s-fs and a real nginx;
