@@ -135,9 +135,30 @@ fn full_disks_fail_no_build_and_lose_no_acknowledged_path() {
         "{text}"
     );
 
+    // 3b. The state directory fills up too, and the daemon restarts (a
+    // crash, an upgrade): it comes up all the same. Its start-up writes
+    // (resetting what was in flight, making the waiting job due now) wait
+    // for space or are skipped; the daemon does not exit on them.
+    let state_filler = state.fill();
+    outbox.kill();
+    outbox.start(Some(&nix.socket)); // Panics if the daemon exits first.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let start_writes = [
+        "retried now, at start",
+        "cannot make the waiting uploads due now",
+        "cannot reset the uploads a crash or stop interrupted",
+    ];
+    while !start_writes.iter().any(|w| outbox.log().contains(w)) {
+        assert!(Instant::now() < deadline, "{}", outbox.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(outbox.exited(), None, "{}", outbox.log());
+
     // 4. Space returns: everything goes out, including what the hook said
     // to push by hand.
+    std::fs::remove_file(&state_filler).unwrap();
     std::fs::remove_file(&filler).unwrap();
+    assert_eq!(outbox.exited(), None, "{}", outbox.log());
     let mut push = vec!["push", "--wait"];
     push.push(&lost);
     push.extend(through_nix.iter().map(String::as_str));

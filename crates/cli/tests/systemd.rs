@@ -147,7 +147,7 @@ fn systemd_socket_activate_starts_the_daemon_for_the_first_hook() {
             .unwrap(),
     );
     let deadline = Instant::now() + HANG;
-    while !outbox.socket().exists() {
+    while !tk::listening(&outbox.socket()) {
         assert!(Instant::now() < deadline, "no socket: {}", outbox.log());
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use rusqlite::ErrorCode;
+use rusqlite::{ErrorCode, ffi};
 use thiserror::Error;
 
 use crate::JobState;
@@ -121,10 +121,24 @@ fn hint(err: &rusqlite::Error) -> &'static str {
         Some(ErrorCode::DatabaseCorrupt) => {
             "; the database is damaged: stop nix-outbox, keep a copy for diagnosis and move it aside"
         }
+        // SQLite reports a full filesystem as a failure to grow its -shm
+        // file, not as SQLITE_FULL, when the database is opened.
+        Some(ErrorCode::SystemIoFailure)
+            if extended_code(err) == Some(ffi::SQLITE_IOERR_SHMSIZE) =>
+        {
+            "; SQLite could not grow the -shm file next to the database, which is what a full filesystem looks like here: free some space in the state directory's filesystem"
+        }
         Some(ErrorCode::SystemIoFailure) => {
-            "; an I/O error occurred: check the disk and the kernel log"
+            "; an I/O error occurred: check that the state directory's filesystem has free space, then the disk and the kernel log"
         }
         _ => "",
+    }
+}
+
+fn extended_code(err: &rusqlite::Error) -> Option<i32> {
+    match err {
+        rusqlite::Error::SqliteFailure(e, _) => Some(e.extended_code),
+        _ => None,
     }
 }
 
@@ -136,5 +150,41 @@ pub(crate) trait Context<T> {
 impl<T> Context<T> for rusqlite::Result<T> {
     fn context(self, op: &'static str) -> Result<T, QueueError> {
         self.map_err(|source| QueueError::Db { op, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_error(code: i32) -> String {
+        QueueError::Open {
+            path: "/state/queue.sqlite".into(),
+            source: rusqlite::Error::SqliteFailure(ffi::Error::new(code), None),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_full_filesystem_at_open_is_named_as_such() {
+        // What SQLite returned when the daemon started on a full tmpfs.
+        let msg = open_error(ffi::SQLITE_IOERR_SHMSIZE);
+        assert!(
+            msg.starts_with("cannot open the queue database /state/queue.sqlite: "),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("full filesystem") && msg.contains("free some space"),
+            "{msg}"
+        );
+        let msg = open_error(ffi::SQLITE_FULL);
+        assert!(msg.contains("is full: free some space"), "{msg}");
+        // Other I/O errors still point at the disk, free space first.
+        let msg = open_error(ffi::SQLITE_IOERR_FSYNC);
+        assert!(
+            msg.contains("has free space, then the disk and the kernel log"),
+            "{msg}"
+        );
+        assert!(!msg.contains("full filesystem"), "{msg}");
     }
 }

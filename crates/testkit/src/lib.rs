@@ -149,6 +149,23 @@ pub fn nix_store_verify_all(store_url: &str, trusted_public_keys: &str) -> Outpu
         .expect("run nix store verify")
 }
 
+/// Whether a Unix socket bound at `path` listens, from the kernel's table
+/// of Unix sockets: connecting to find out would make nix-daemon fork a
+/// worker, which tests that count workers would see.
+pub fn listening(path: &Path) -> bool {
+    /// `__SO_ACCEPTCON` in the table's Flags column: listen() was called.
+    const ACCEPTING: u32 = 0x10000;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        cols.len() >= 8
+            && Path::new(cols[7]) == path
+            && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & ACCEPTING != 0)
+    })
+}
+
 /// A private `nix-daemon` on its own socket and configuration (the same
 /// store), so tests touch nothing global. Killed by PID on drop.
 pub struct PrivateDaemon {
@@ -188,16 +205,17 @@ impl PrivateDaemon {
             .spawn()
             .expect("start nix-daemon (apt-get install nix-bin)");
         let d = Self { dir, socket, child };
-        // Wait for the socket (a condition, not a timing assertion); a daemon
-        // that exits early is reported with its log.
+        // Wait for it to listen (a condition, not a timing assertion). The
+        // socket file appears at bind(), a moment before listen(): a
+        // connection in between is refused, which once failed a test.
         for _ in 0..3000 {
-            if d.socket.exists() {
+            if listening(&d.socket) {
                 return d;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!(
-            "nix-daemon did not create {} in 30 s: {}",
+            "nix-daemon did not listen on {} within 30 s: {}",
             d.socket.display(),
             d.log()
         );

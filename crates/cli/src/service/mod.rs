@@ -257,20 +257,6 @@ pub async fn run_managed(
     lifecycle: Lifecycle,
 ) -> anyhow::Result<()> {
     let d = Daemon::new(svc, options);
-    let now = d.now();
-    let recovered = d.svc.with_queue(move |q| q.recover(now)).await?;
-    if recovered > 0 {
-        tracing::warn!("{recovered} upload(s) were interrupted by a crash or stop; retrying them");
-    }
-    // A restart usually follows a fix (credentials, configuration): what
-    // was waiting out a backoff is tried again at once.
-    let due = d
-        .svc
-        .with_queue(move |q| q.retry_now(None, &[], now))
-        .await?;
-    if due > 0 {
-        tracing::info!("{due} waiting upload(s) are retried now, at start");
-    }
     for t in &d.svc.targets {
         t.target
             .ensure_cache_info(&d.svc.store_dir)
@@ -310,9 +296,7 @@ pub async fn run_managed(
             close_rx.clone(),
         ));
     }
-    for n in 0..d.svc.workers {
-        tasks.spawn(workers::worker_loop(d.clone(), n, stop.clone()));
-    }
+    tasks.spawn(workers::run_workers(d.clone(), stop.clone()));
     if let Some(ready) = lifecycle.on_ready {
         ready();
     }

@@ -244,3 +244,63 @@ async fn a_servers_retry_after_is_never_cut_short() {
     assert!(gaps.iter().any(|g| *g != gaps[0]), "jittered: {gaps:?}");
     assert_eq!(rig.job(&path).await.state, JobState::Pending);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_outcome_the_queue_refuses_is_recorded_once_it_accepts() {
+    let full = tk::nix_build(&tk::sh_derivation(
+        "settle",
+        &["out"],
+        &format!("echo {} > $out", tk::nonce()),
+    ))
+    .remove(0);
+    let rig = rig(0, disk_full);
+    // Another process takes the database's write lock while the upload
+    // runs, and keeps it for longer than the busy timeout: recording the
+    // outcome fails, as it does on a full disk.
+    let db = rig._dir.path().join("queue.sqlite");
+    let locker: Arc<Mutex<Option<rusqlite::Connection>>> = Arc::default();
+    let held = locker.clone();
+    *rig.probe.before_narinfo.lock().unwrap() = Some(Box::new(move || {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        *held.lock().unwrap() = Some(conn);
+    }));
+    let path = rig.enqueue(&full).await;
+    let worker = rig.start_worker();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while locker.lock().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never reached the narinfo"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The write that follows the narinfo started after the lock was taken,
+    // so it has failed at least once by the end of this wait (real time:
+    // SQLite's busy wait does not follow tokio's paused clock).
+    let wait = nix_outbox_queue::BUSY_TIMEOUT + Duration::from_secs(3);
+    tokio::task::spawn_blocking(move || std::thread::sleep(wait))
+        .await
+        .unwrap();
+    assert!(!worker.is_finished(), "the worker ended on a queue error");
+    let hash = &path[..32];
+    assert!(rig.cache.join(format!("{hash}.narinfo")).exists());
+
+    assert_eq!(rig.job(&path).await.state, JobState::InFlight);
+
+    // The lock goes: the outcome is recorded, and the job is done.
+    drop(locker.lock().unwrap().take());
+    while rig.job(&path).await.state != JobState::Done {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not done: {:?}",
+            rig.job(&path).await
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(!worker.is_finished());
+    rig.stop(worker).await;
+    let job = rig.job(&path).await;
+    assert_eq!((job.attempts, job.last_error), (1, None));
+}

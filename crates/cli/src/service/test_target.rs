@@ -23,6 +23,8 @@ pub struct Probe {
     pub narinfo_checks: AtomicUsize,
     /// What the probe says the server asked for (`Retry-After`).
     pub retry_after: Mutex<Option<Duration>>,
+    /// Run once, just before the first narinfo is written.
+    pub before_narinfo: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Probe {
@@ -42,6 +44,7 @@ impl Probe {
             attempts: Mutex::new(Vec::new()),
             narinfo_checks: AtomicUsize::new(0),
             retry_after: Mutex::new(None),
+            before_narinfo: Mutex::new(None),
         }
     }
 
@@ -108,6 +111,9 @@ impl Target for Probe {
         hash_part: &'a str,
         text: &'a str,
     ) -> BoxFuture<'a, Result<(), UploadError>> {
+        if let Some(f) = self.before_narinfo.lock().unwrap().take() {
+            f();
+        }
         self.inner.put_narinfo(hash_part, text)
     }
 

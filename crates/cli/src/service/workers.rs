@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix_outbox_queue::{Job, SkippedPath};
+use nix_outbox_queue::{Job, Queue, QueueError, SkippedPath};
 use nix_outbox_store::StoreError;
 use nix_outbox_upload::{
     BuildLogOutcome, ClosureReport, RealisationOutcome, Target as _, upload_build_log,
@@ -20,10 +20,71 @@ use super::{Daemon, Failure, idle};
 /// How long to sleep when nothing is due, at most (new work wakes us).
 const IDLE_MAX: Duration = Duration::from_secs(5);
 
+/// Pauses between attempts to record an outcome the queue refused.
+const SETTLE_FIRST_PAUSE: Duration = Duration::from_secs(1);
+const SETTLE_MAX_PAUSE: Duration = Duration::from_secs(30);
+
 /// How often a job whose target left the configuration is looked at again.
 const UNCONFIGURED_RECHECK: Duration = Duration::from_secs(3600);
 
-pub async fn worker_loop(
+/// Readies the queue for uploads, then runs the workers until the stop.
+/// Uploads that a crash or stop left in flight go back to pending first,
+/// and no worker claims a job before that is done. If the queue cannot
+/// take that write (its disk is full), it is tried again until it can:
+/// the hook socket, the spool and the expander run meanwhile, so the
+/// daemon comes up and recovers when space returns instead of exiting.
+pub async fn run_workers(
+    d: Arc<Daemon>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut pause = SETTLE_FIRST_PAUSE;
+    loop {
+        let now = d.now();
+        match d.svc.with_queue(move |q| q.recover(now)).await {
+            Ok(0) => break,
+            Ok(n) => {
+                tracing::warn!("{n} upload(s) were interrupted by a crash or stop; retrying them");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "cannot reset the uploads a crash or stop interrupted: {e:#}; no upload starts until this succeeds; trying again in {}s",
+                    pause.as_secs()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                }
+                pause = (pause * 2).min(SETTLE_MAX_PAUSE);
+            }
+        }
+    }
+    // A restart usually follows a fix (credentials, configuration): what
+    // was waiting out a backoff is tried again at once. Only a shortcut:
+    // if the queue refuses it, the jobs run when their pauses end.
+    let now = d.now();
+    match d.svc.with_queue(move |q| q.retry_now(None, &[], now)).await {
+        Ok(0) => {}
+        Ok(due) => tracing::info!("{due} waiting upload(s) are retried now, at start"),
+        Err(e) => tracing::warn!(
+            "cannot make the waiting uploads due now, at start: {e:#}; each is tried when its pause ends"
+        ),
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    for n in 0..d.svc.workers {
+        workers.spawn(worker_loop(d.clone(), n, shutdown.clone()));
+    }
+    while let Some(res) = workers.join_next().await {
+        if let Ok(Err(e)) = res {
+            tracing::error!("worker failed: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+/// One worker: claims due jobs one at a time and runs each to its
+/// recorded outcome. A queue error pauses it; nothing ends it but the stop.
+pub(crate) async fn worker_loop(
     d: Arc<Daemon>,
     n: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -35,7 +96,7 @@ pub async fn worker_loop(
         woken.as_mut().enable();
         let now = d.now();
         match svc.with_queue(move |q| q.claim_job(now)).await {
-            Ok(Some(job)) => run_job(&d, job).await?,
+            Ok(Some(job)) => run_job(&d, job).await,
             Ok(None) => {
                 // Until the next job is due, to the second: with a paused
                 // test clock, retries happen exactly when scheduled.
@@ -54,7 +115,7 @@ pub async fn worker_loop(
     Ok(())
 }
 
-async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
+async fn run_job(d: &Daemon, job: Job) {
     let Job {
         path,
         target,
@@ -70,9 +131,8 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
         let msg =
             format!("target {target} is no longer configured; add it back or remove its jobs");
         let (now, at) = (d.now(), d.clock.after(UNCONFIGURED_RECHECK));
-        svc.with_queue(move |q| q.retry_job(&path, &target, &msg, at, now))
-            .await?;
-        return Ok(());
+        settle(d, move |q| q.retry_job(&path, &target, &msg, at, now)).await;
+        return;
     };
     let (entry, present) = (&svc.targets[index], &d.present[index]);
     let root = match sd.parse_path(&format!("{}/{path}", sd.as_str())) {
@@ -80,9 +140,8 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
         Err(e) => {
             let msg = format!("invalid store path in queue: {e}");
             let now = d.now();
-            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now))
-                .await?;
-            return Ok(());
+            settle(d, move |q| q.skip_job(&path, &target, &msg, now)).await;
+            return;
         }
     };
     // Registered as in flight (with byte counts) for `status` until dropped.
@@ -138,8 +197,7 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
             );
             let msg =
                 "path is no longer valid in the store (garbage-collected before upload)".to_owned();
-            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now))
-                .await?;
+            settle(d, move |q| q.skip_job(&path, &target, &msg, now)).await;
         }
         Ok(report) if report.blocked.contains(&root) => {
             // A reference vanished between the build and the upload; the
@@ -150,8 +208,7 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
                 missing.join(" ")
             );
             tracing::warn!("{}: {msg}", sd.display(&root));
-            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now))
-                .await?;
+            settle(d, move |q| q.skip_job(&path, &target, &msg, now)).await;
         }
         Ok(report) if report.skipped.iter().any(|(p, _)| p == &root) => {
             // Left out on purpose (upstream serves it, or a filter): the
@@ -164,8 +221,7 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
                 .unwrap_or_default();
             let msg = format!("not uploaded: {skip}");
             tracing::info!("{}: {msg}", sd.display(&root));
-            svc.with_queue(move |q| q.skip_job(&path, &target, &msg, now))
-                .await?;
+            settle(d, move |q| q.skip_job(&path, &target, &msg, now)).await;
         }
         Ok(report) => {
             tracing::info!(
@@ -186,12 +242,10 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
                 let at = d.clock.after(delay);
                 let msg = failure_message(&msg, failure, d.retry.cap);
                 tracing::warn!("{}: {msg}", sd.display(&root));
-                svc.with_queue(move |q| q.retry_job(&path, &target, &msg, at, now))
-                    .await?;
-                return Ok(());
+                settle(d, move |q| q.retry_job(&path, &target, &msg, at, now)).await;
+                return;
             }
-            svc.with_queue(move |q| q.finish_job(&path, &target, now))
-                .await?;
+            settle(d, move |q| q.finish_job(&path, &target, now)).await;
         }
         Err(e) => {
             let failure = Failure::from_transient(e.is_transient());
@@ -212,11 +266,32 @@ async fn run_job(d: &Daemon, job: Job) -> anyhow::Result<()> {
                     at - now
                 ),
             }
-            svc.with_queue(move |q| q.retry_job(&path, &target, &msg, at, now))
-                .await?;
+            settle(d, move |q| q.retry_job(&path, &target, &msg, at, now)).await;
         }
     }
-    Ok(())
+}
+
+/// Records a job's outcome. The upload itself is over; a queue write that
+/// fails (the state directory's disk is full, another process holds the
+/// database) must neither lose the outcome nor end the worker, which would
+/// leave the job in flight and the daemon uploading nothing until a
+/// restart. So it is tried again, with pauses growing to 30 s, until the
+/// queue takes it. A stop cuts this off (the drain aborts the task): the
+/// job then stays in flight and is retried after the restart, as after a
+/// crash.
+async fn settle(
+    d: &Daemon,
+    record: impl FnOnce(&mut Queue) -> Result<(), QueueError> + Clone + Send + 'static,
+) {
+    let mut pause = SETTLE_FIRST_PAUSE;
+    while let Err(e) = d.svc.with_queue(record.clone()).await {
+        tracing::error!(
+            "cannot record an upload's outcome in the queue: {e:#}; trying again in {}s (the job shows as in flight until then)",
+            pause.as_secs()
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(SETTLE_MAX_PAUSE);
+    }
 }
 
 /// Publishes the build log of the derivation the job's request named

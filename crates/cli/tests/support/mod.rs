@@ -203,6 +203,11 @@ impl Outbox {
         }
     }
 
+    /// How the daemon ended, if it has (None while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.daemon.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("outbox.log")).unwrap_or_default()
     }
