@@ -155,7 +155,7 @@ start_nixd() {
   NIXD_PID=$!
   BENCH_PIDS+=("$NIXD_PID")
   for i in $(seq 300); do
-    [ -S "$NIXD_SOCK" ] && return
+    unix_listening "$NIXD_SOCK" && return
     sleep 0.1
   done
   die "nix-daemon did not start: $(cat "$d/nixd.log")"
@@ -225,7 +225,7 @@ start_outbox() {
   OUTBOX_PID=$!
   BENCH_PIDS+=("$OUTBOX_PID")
   for i in $(seq 300); do
-    [ -S "$state/hook.sock" ] && return
+    unix_listening "$state/hook.sock" && return
     kill -0 "$OUTBOX_PID" 2>/dev/null || break
     sleep 0.1
   done

@@ -187,6 +187,13 @@ warm() { nix-store --dump "$1" >/dev/null; }
 # its own child, whose memory GNU time would fold in. Its CPU work (reading
 # and serialising the NAR) still counts in nix-outbox's wall time. Sets
 # STORE_VARS for the commands that should use it.
+# unix_listening PATH: whether a Unix socket at PATH listens, from the
+# kernel's table (flag 00010000: listen() was called). The file appears at
+# bind(), a moment earlier; a build started in between would be refused.
+unix_listening() {
+  awk -v p="$1" 'NR > 1 && $8 == p && index("13579bdfBDF", substr($4, 4, 1)) { found = 1 } END { exit !found }' /proc/net/unix
+}
+
 start_nix_daemon() {
   local d=$WORK/nix-daemon
   mkdir -p "$d/etc"
@@ -198,10 +205,10 @@ start_nix_daemon() {
   BENCH_PIDS+=($!)
   local i
   for i in $(seq 300); do
-    [ -S "$d/socket" ] && break
+    unix_listening "$d/socket" && break
     sleep 0.1
   done
-  [ -S "$d/socket" ] || die "nix-daemon did not start: $(cat "$d/log")"
+  unix_listening "$d/socket" || die "nix-daemon did not start: $(cat "$d/log")"
   STORE_VARS=("NIX_REMOTE=unix://$d/socket")
 }
 
