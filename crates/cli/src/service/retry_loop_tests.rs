@@ -304,3 +304,24 @@ async fn an_outcome_the_queue_refuses_is_recorded_once_it_accepts() {
     let job = rig.job(&path).await;
     assert_eq!((job.attempts, job.last_error), (1, None));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_outcome_for_a_job_no_longer_in_flight_is_dropped_not_retried() {
+    let rig = rig(0, disk_full);
+    // Never claimed, so never in flight: as when an earlier attempt to
+    // record did commit after all.
+    let path = rig
+        .enqueue(&format!(
+            "{}/{}-x",
+            rig.d.svc.store_dir.as_str(),
+            "0".repeat(32)
+        ))
+        .await;
+    let (p, target, now) = (path.clone(), rig.target_id.clone(), rig.d.now());
+    let settled = workers::settle(&rig.d, move |q| q.finish_job(&p, &target, now));
+    // Virtual time: an hour of retries would pass in a moment.
+    tokio::time::timeout(Duration::from_secs(3600), settled)
+        .await
+        .expect("settle kept retrying a write that can never succeed");
+    assert_eq!(rig.job(&path).await.state, JobState::Pending);
+}

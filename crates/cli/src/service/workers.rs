@@ -279,12 +279,21 @@ async fn run_job(d: &Daemon, job: Job) {
 /// queue takes it. A stop cuts this off (the drain aborts the task): the
 /// job then stays in flight and is retried after the restart, as after a
 /// crash.
-async fn settle(
+pub(crate) async fn settle(
     d: &Daemon,
     record: impl FnOnce(&mut Queue) -> Result<(), QueueError> + Clone + Send + 'static,
 ) {
     let mut pause = SETTLE_FIRST_PAUSE;
     while let Err(e) = d.svc.with_queue(record.clone()).await {
+        // The job is no longer ours to settle: an earlier attempt did
+        // commit (SQLite can report an error at COMMIT after the fact), or
+        // it was reset or removed meanwhile. Repeating would never succeed.
+        if let Some(gone @ (QueueError::JobNotInFlight { .. } | QueueError::NoSuchJob { .. })) =
+            e.downcast_ref::<QueueError>()
+        {
+            tracing::warn!("not recording an upload's outcome: {gone}");
+            return;
+        }
         tracing::error!(
             "cannot record an upload's outcome in the queue: {e:#}; trying again in {}s (the job shows as in flight until then)",
             pause.as_secs()
