@@ -181,19 +181,20 @@ warm() { nix-store --dump "$1" >/dev/null; }
 
 # --- a private nix-daemon --------------------------------------------------
 
+# unix_listening PATH: whether a Unix socket at PATH listens, from the
+# kernel's table (flag 00010000: listen() was called; the path is the line's
+# tail, printed as is). The file appears at bind(), a moment earlier; a
+# build started in between would be refused.
+unix_listening() {
+  P=$1 awk 'NR > 1 && index("13579bdfBDF", substr($4, 4, 1)) && substr($0, length($0) - length(ENVIRON["P"])) == " " ENVIRON["P"] { found = 1 } END { exit !found }' /proc/net/unix
+}
+
 # nix-outbox reads the store through a nix-daemon. A private one on its own
 # socket (the host runs none) keeps the measured nix-outbox process alone in
 # GNU time's peak RSS: with no daemon, it would start `nix-daemon --stdio` as
 # its own child, whose memory GNU time would fold in. Its CPU work (reading
 # and serialising the NAR) still counts in nix-outbox's wall time. Sets
 # STORE_VARS for the commands that should use it.
-# unix_listening PATH: whether a Unix socket at PATH listens, from the
-# kernel's table (flag 00010000: listen() was called). The file appears at
-# bind(), a moment earlier; a build started in between would be refused.
-unix_listening() {
-  awk -v p="$1" 'NR > 1 && $8 == p && index("13579bdfBDF", substr($4, 4, 1)) { found = 1 } END { exit !found }' /proc/net/unix
-}
-
 start_nix_daemon() {
   local d=$WORK/nix-daemon
   mkdir -p "$d/etc"

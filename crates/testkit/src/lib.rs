@@ -158,11 +158,12 @@ pub fn listening(path: &Path) -> bool {
     let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
         return false;
     };
+    // The path is the line's tail, printed as is (it may hold spaces).
+    let tail = format!(" {}", path.display());
     table.lines().skip(1).any(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        cols.len() >= 8
-            && Path::new(cols[7]) == path
-            && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & ACCEPTING != 0)
+        let flags = line.split_whitespace().nth(3);
+        line.ends_with(&tail)
+            && flags.is_some_and(|f| u32::from_str_radix(f, 16).is_ok_and(|f| f & ACCEPTING != 0))
     })
 }
 
@@ -248,5 +249,26 @@ impl Drop for PrivateDaemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_sees_listen_not_just_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        // A space in the path: the kernel's table prints it as is.
+        let (stream, datagram) = (
+            dir.path().join("a stream.sock"),
+            dir.path().join("dgram.sock"),
+        );
+        assert!(!listening(&stream));
+        let _l = std::os::unix::net::UnixListener::bind(&stream).unwrap();
+        assert!(listening(&stream));
+        // Bound, but a datagram socket never listens.
+        let _d = std::os::unix::net::UnixDatagram::bind(&datagram).unwrap();
+        assert!(datagram.exists() && !listening(&datagram));
     }
 }

@@ -226,8 +226,9 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Lifecycle {
     /// After `shutdown`, how long in-flight uploads may take to finish.
     pub stop_timeout: Duration,
-    /// Called once the queue is open, interrupted uploads are recovered and
-    /// the listener accepts.
+    /// Called once the queue is open, the listener accepts and the loops
+    /// are spawned (the workers may still be waiting to recover the
+    /// uploads a crash or stop interrupted).
     pub on_ready: Option<Box<dyn FnOnce() + Send>>,
     /// Whether to serve `/metrics` and write the progress file.
     pub observe: Observability,

@@ -276,10 +276,12 @@ async fn an_outcome_the_queue_refuses_is_recorded_once_it_accepts() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The write that follows the narinfo started after the lock was taken,
-    // so it has failed at least once by the end of this wait (real time:
-    // SQLite's busy wait does not follow tokio's paused clock).
-    let wait = nix_outbox_queue::BUSY_TIMEOUT + Duration::from_secs(3);
+    // Two writes follow the narinfo, both after the lock was taken: the
+    // present-cache flush (which only warns when refused) and the outcome.
+    // Each waits out the busy timeout, so by the end of this wait the
+    // outcome has been refused at least once (real time: SQLite's busy
+    // wait does not follow tokio's paused clock).
+    let wait = 2 * nix_outbox_queue::BUSY_TIMEOUT + Duration::from_secs(5);
     tokio::task::spawn_blocking(move || std::thread::sleep(wait))
         .await
         .unwrap();
@@ -318,10 +320,30 @@ async fn an_outcome_for_a_job_no_longer_in_flight_is_dropped_not_retried() {
         ))
         .await;
     let (p, target, now) = (path.clone(), rig.target_id.clone(), rig.d.now());
-    let settled = workers::settle(&rig.d, move |q| q.finish_job(&p, &target, now));
+    let stop = rig.shutdown.subscribe();
+    let settled = workers::settle(&rig.d, &stop, move |q| q.finish_job(&p, &target, now));
     // Virtual time: an hour of retries would pass in a moment.
     tokio::time::timeout(Duration::from_secs(3600), settled)
         .await
         .expect("settle kept retrying a write that can never succeed");
     assert_eq!(rig.job(&path).await.state, JobState::Pending);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_ends_the_retries_of_a_refused_outcome() {
+    let rig = rig(0, disk_full);
+    let (d, stop) = (rig.d.clone(), rig.shutdown.subscribe());
+    // A write the queue refuses every time (any error but "not in flight").
+    let refused = |_: &mut Queue| Err(nix_outbox_queue::QueueError::NoSuchRequest(1));
+    let settling = tokio::spawn(async move { workers::settle(&d, &stop, refused).await });
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(
+        !settling.is_finished(),
+        "gave up on an outcome while running"
+    );
+    rig.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), settling)
+        .await
+        .expect("the stop did not end the retries")
+        .unwrap();
 }

@@ -75,8 +75,11 @@ pub async fn run_workers(
         workers.spawn(worker_loop(d.clone(), n, shutdown.clone()));
     }
     while let Some(res) = workers.join_next().await {
-        if let Ok(Err(e)) = res {
-            tracing::error!("worker failed: {e:#}");
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("worker failed: {e:#}"),
+            Err(e) if e.is_panic() => tracing::error!("a worker panicked: {e}"),
+            Err(_) => {}
         }
     }
     Ok(())
@@ -96,7 +99,7 @@ pub(crate) async fn worker_loop(
         woken.as_mut().enable();
         let now = d.now();
         match svc.with_queue(move |q| q.claim_job(now)).await {
-            Ok(Some(job)) => run_job(&d, job).await,
+            Ok(Some(job)) => run_job(&d, job, &shutdown).await,
             Ok(None) => {
                 // Until the next job is due, to the second: with a paused
                 // test clock, retries happen exactly when scheduled.
@@ -115,7 +118,7 @@ pub(crate) async fn worker_loop(
     Ok(())
 }
 
-async fn run_job(d: &Daemon, job: Job) {
+async fn run_job(d: &Daemon, job: Job, stop: &watch::Receiver<bool>) {
     let Job {
         path,
         target,
@@ -131,7 +134,7 @@ async fn run_job(d: &Daemon, job: Job) {
         let msg =
             format!("target {target} is no longer configured; add it back or remove its jobs");
         let (now, at) = (d.now(), d.clock.after(UNCONFIGURED_RECHECK));
-        settle(d, move |q| q.retry_job(&path, &target, &msg, at, now)).await;
+        settle(d, stop, move |q| q.retry_job(&path, &target, &msg, at, now)).await;
         return;
     };
     let (entry, present) = (&svc.targets[index], &d.present[index]);
@@ -140,7 +143,7 @@ async fn run_job(d: &Daemon, job: Job) {
         Err(e) => {
             let msg = format!("invalid store path in queue: {e}");
             let now = d.now();
-            settle(d, move |q| q.skip_job(&path, &target, &msg, now)).await;
+            settle(d, stop, move |q| q.skip_job(&path, &target, &msg, now)).await;
             return;
         }
     };
@@ -197,7 +200,7 @@ async fn run_job(d: &Daemon, job: Job) {
             );
             let msg =
                 "path is no longer valid in the store (garbage-collected before upload)".to_owned();
-            settle(d, move |q| q.skip_job(&path, &target, &msg, now)).await;
+            settle(d, stop, move |q| q.skip_job(&path, &target, &msg, now)).await;
         }
         Ok(report) if report.blocked.contains(&root) => {
             // A reference vanished between the build and the upload; the
@@ -208,7 +211,7 @@ async fn run_job(d: &Daemon, job: Job) {
                 missing.join(" ")
             );
             tracing::warn!("{}: {msg}", sd.display(&root));
-            settle(d, move |q| q.skip_job(&path, &target, &msg, now)).await;
+            settle(d, stop, move |q| q.skip_job(&path, &target, &msg, now)).await;
         }
         Ok(report) if report.skipped.iter().any(|(p, _)| p == &root) => {
             // Left out on purpose (upstream serves it, or a filter): the
@@ -221,7 +224,7 @@ async fn run_job(d: &Daemon, job: Job) {
                 .unwrap_or_default();
             let msg = format!("not uploaded: {skip}");
             tracing::info!("{}: {msg}", sd.display(&root));
-            settle(d, move |q| q.skip_job(&path, &target, &msg, now)).await;
+            settle(d, stop, move |q| q.skip_job(&path, &target, &msg, now)).await;
         }
         Ok(report) => {
             tracing::info!(
@@ -242,10 +245,10 @@ async fn run_job(d: &Daemon, job: Job) {
                 let at = d.clock.after(delay);
                 let msg = failure_message(&msg, failure, d.retry.cap);
                 tracing::warn!("{}: {msg}", sd.display(&root));
-                settle(d, move |q| q.retry_job(&path, &target, &msg, at, now)).await;
+                settle(d, stop, move |q| q.retry_job(&path, &target, &msg, at, now)).await;
                 return;
             }
-            settle(d, move |q| q.finish_job(&path, &target, now)).await;
+            settle(d, stop, move |q| q.finish_job(&path, &target, now)).await;
         }
         Err(e) => {
             let failure = Failure::from_transient(e.is_transient());
@@ -266,7 +269,7 @@ async fn run_job(d: &Daemon, job: Job) {
                     at - now
                 ),
             }
-            settle(d, move |q| q.retry_job(&path, &target, &msg, at, now)).await;
+            settle(d, stop, move |q| q.retry_job(&path, &target, &msg, at, now)).await;
         }
     }
 }
@@ -276,11 +279,11 @@ async fn run_job(d: &Daemon, job: Job) {
 /// database) must neither lose the outcome nor end the worker, which would
 /// leave the job in flight and the daemon uploading nothing until a
 /// restart. So it is tried again, with pauses growing to 30 s, until the
-/// queue takes it. A stop cuts this off (the drain aborts the task): the
-/// job then stays in flight and is retried after the restart, as after a
-/// crash.
+/// queue takes it. A stop ends the retries: the job then stays in flight
+/// and is retried after the restart, as after a crash.
 pub(crate) async fn settle(
     d: &Daemon,
+    stop: &watch::Receiver<bool>,
     record: impl FnOnce(&mut Queue) -> Result<(), QueueError> + Clone + Send + 'static,
 ) {
     let mut pause = SETTLE_FIRST_PAUSE;
@@ -298,7 +301,14 @@ pub(crate) async fn settle(
             "cannot record an upload's outcome in the queue: {e:#}; trying again in {}s (the job shows as in flight until then)",
             pause.as_secs()
         );
-        tokio::time::sleep(pause).await;
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => {
+                tracing::warn!("stopping with an upload's outcome unrecorded; its job stays in flight and is retried at the next start");
+                return;
+            }
+        }
         pause = (pause * 2).min(SETTLE_MAX_PAUSE);
     }
 }
