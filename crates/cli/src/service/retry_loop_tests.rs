@@ -118,11 +118,30 @@ impl Rig {
         worker.await.unwrap().unwrap();
     }
 
+    /// Until the job is done, polling each virtual second; fails at the
+    /// real-time `deadline`.
+    async fn wait_done(&self, path: &str, deadline: std::time::Instant) {
+        while self.job(path).await.state != JobState::Done {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not done: {:?}",
+                self.job(path).await
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     async fn job(&self, path: &str) -> Job {
         let (path, target) = (path.to_owned(), self.target_id.clone());
         let job = self.d.svc.with_queue(move |q| q.job(&path, &target));
         job.await.unwrap().expect("the job is never deleted")
     }
+}
+
+/// A fresh one-output store path, built by the real Nix.
+fn build_fresh(name: &str) -> String {
+    let script = format!("echo {} > $out", tk::nonce());
+    tk::nix_build(&tk::sh_derivation(name, &["out"], &script)).remove(0)
 }
 
 /// The attempt times the policy dictates after `failures`: the first at
@@ -142,26 +161,14 @@ fn schedule(failures: &[Failure]) -> Vec<Duration> {
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_on_schedule_until_done() {
-    let full = tk::nix_build(&tk::sh_derivation(
-        "retry-loop",
-        &["out"],
-        &format!("echo {} > $out", tk::nonce()),
-    ))
-    .remove(0);
+    let full = build_fresh("retry-loop");
     let rig = rig(6, disk_full);
     let path = rig.enqueue(&full).await;
     let worker = rig.start_worker();
 
     // The last attempt talks to the real store; give it real time.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while rig.job(&path).await.state != JobState::Done {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not done: {:?}",
-            rig.job(&path).await
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    rig.wait_done(&path, deadline).await;
     rig.stop(worker).await;
 
     // Six failures (attempts 1..=6, each retried up to 2^n s later), then
@@ -247,12 +254,7 @@ async fn a_servers_retry_after_is_never_cut_short() {
 
 #[tokio::test(start_paused = true)]
 async fn an_outcome_the_queue_refuses_is_recorded_once_it_accepts() {
-    let full = tk::nix_build(&tk::sh_derivation(
-        "settle",
-        &["out"],
-        &format!("echo {} > $out", tk::nonce()),
-    ))
-    .remove(0);
+    let full = build_fresh("settle");
     let rig = rig(0, disk_full);
     // Another process takes the database's write lock while the upload
     // runs, and keeps it for longer than the busy timeout: recording the
@@ -293,14 +295,7 @@ async fn an_outcome_the_queue_refuses_is_recorded_once_it_accepts() {
 
     // The lock goes: the outcome is recorded, and the job is done.
     drop(locker.lock().unwrap().take());
-    while rig.job(&path).await.state != JobState::Done {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not done: {:?}",
-            rig.job(&path).await
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    rig.wait_done(&path, deadline).await;
     assert!(!worker.is_finished());
     rig.stop(worker).await;
     let job = rig.job(&path).await;
