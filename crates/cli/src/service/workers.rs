@@ -20,7 +20,7 @@ use super::{Daemon, Failure, idle};
 /// How long to sleep when nothing is due, at most (new work wakes us).
 const IDLE_MAX: Duration = Duration::from_secs(5);
 
-/// Pauses between attempts to record an outcome the queue refused.
+/// Pauses between attempts at a queue write the queue refused.
 const SETTLE_FIRST_PAUSE: Duration = Duration::from_secs(1);
 const SETTLE_MAX_PAUSE: Duration = Duration::from_secs(30);
 
@@ -33,30 +33,15 @@ const UNCONFIGURED_RECHECK: Duration = Duration::from_secs(3600);
 /// take that write (its disk is full), it is tried again until it can:
 /// the hook socket, the spool and the expander run meanwhile, so the
 /// daemon comes up and recovers when space returns instead of exiting.
-pub async fn run_workers(
-    d: Arc<Daemon>,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let mut pause = SETTLE_FIRST_PAUSE;
-    loop {
-        let now = d.now();
-        match d.svc.with_queue(move |q| q.recover(now)).await {
-            Ok(0) => break,
-            Ok(n) => {
-                tracing::warn!("{n} upload(s) were interrupted by a crash or stop; retrying them");
-                break;
-            }
-            Err(e) => {
-                tracing::error!(
-                    "cannot reset the uploads a crash or stop interrupted: {e:#}; no upload starts until this succeeds; trying again in {}s",
-                    pause.as_secs()
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.wait_for(|s| *s) => return Ok(()),
-                }
-                pause = (pause * 2).min(SETTLE_MAX_PAUSE);
-            }
+pub async fn run_workers(d: Arc<Daemon>, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let what = "reset the uploads a crash or stop interrupted";
+    let meanwhile = "no upload starts until this succeeds";
+    let now = d.now();
+    match until_written(&d, &shutdown, what, meanwhile, move |q| q.recover(now)).await {
+        None => return Ok(()),
+        Some(0) => {}
+        Some(n) => {
+            tracing::warn!("{n} upload(s) were interrupted by a crash or stop; retrying them")
         }
     }
     // A restart usually follows a fix (credentials, configuration): what
@@ -278,35 +263,54 @@ async fn run_job(d: &Daemon, job: Job, stop: &watch::Receiver<bool>) {
 /// fails (the state directory's disk is full, another process holds the
 /// database) must neither lose the outcome nor end the worker, which would
 /// leave the job in flight and the daemon uploading nothing until a
-/// restart. So it is tried again, with pauses growing to 30 s, until the
-/// queue takes it. A stop ends the retries: the job then stays in flight
-/// and is retried after the restart, as after a crash.
+/// restart. So it is written as [`until_written`] does. A stop ends the
+/// retries: the job then stays in flight and is retried after the
+/// restart, as after a crash.
 pub(crate) async fn settle(
     d: &Daemon,
     stop: &watch::Receiver<bool>,
     record: impl FnOnce(&mut Queue) -> Result<(), QueueError> + Clone + Send + 'static,
 ) {
+    let what = "record an upload's outcome";
+    let meanwhile = "the job shows as in flight until then";
+    until_written(d, stop, what, meanwhile, record).await;
+}
+
+/// Runs a queue write until the queue takes it, pausing 1 s, then twice as
+/// long each time up to 30 s, and logging each refusal with `what` was
+/// tried and what holds `meanwhile`. None if a stop came first, or if the
+/// queue said the job is no longer in flight or gone: an earlier attempt
+/// did commit (SQLite can report an error at COMMIT after the fact), or
+/// the job was reset meanwhile, and repeating could never succeed.
+async fn until_written<T: Send + 'static>(
+    d: &Daemon,
+    stop: &watch::Receiver<bool>,
+    what: &str,
+    meanwhile: &str,
+    write: impl FnOnce(&mut Queue) -> Result<T, QueueError> + Clone + Send + 'static,
+) -> Option<T> {
     let mut pause = SETTLE_FIRST_PAUSE;
-    while let Err(e) = d.svc.with_queue(record.clone()).await {
-        // The job is no longer ours to settle: an earlier attempt did
-        // commit (SQLite can report an error at COMMIT after the fact), or
-        // it was reset or removed meanwhile. Repeating would never succeed.
+    loop {
+        let e = match d.svc.with_queue(write.clone()).await {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
         if let Some(gone @ (QueueError::JobNotInFlight { .. } | QueueError::NoSuchJob { .. })) =
             e.downcast_ref::<QueueError>()
         {
-            tracing::warn!("not recording an upload's outcome: {gone}");
-            return;
+            tracing::warn!("not trying again to {what}: {gone}");
+            return None;
         }
         tracing::error!(
-            "cannot record an upload's outcome in the queue: {e:#}; trying again in {}s (the job shows as in flight until then)",
+            "cannot {what} in the queue: {e:#}; {meanwhile}; trying again in {}s",
             pause.as_secs()
         );
         let mut stop = stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => {
-                tracing::warn!("stopping with an upload's outcome unrecorded; its job stays in flight and is retried at the next start");
-                return;
+                tracing::warn!("stopping before managing to {what}; it is tried again at the next start");
+                return None;
             }
         }
         pause = (pause * 2).min(SETTLE_MAX_PAUSE);
