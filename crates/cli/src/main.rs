@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod format;
 
 #[derive(Parser)]
 #[command(

@@ -17,8 +17,8 @@ use nix_outbox_core::StoreDir;
 use nix_outbox_core::atomic_write::{self, AtomicWriteError};
 use thiserror::Error;
 
-use crate::config::effective_uid;
 use crate::protocol::{FrameError, HookRequest, MAX_REQUEST_BYTES, decode};
+use nix_outbox_config::effective_uid;
 
 /// Suffix of complete spool files.
 pub const SPOOL_SUFFIX: &str = ".req";

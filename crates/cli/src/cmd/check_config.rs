@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use nix_outbox::config::Config;
 use nix_outbox_core::keys;
+use nix_outbox_daemon::Config;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -10,17 +10,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use nix_outbox::config::Config;
-use nix_outbox::service::filters::upstream_among_targets;
-use nix_outbox::service::{Filters, Selection};
 use nix_outbox_core::StorePath;
 use nix_outbox_core::keys::SecretKey;
+use nix_outbox_daemon::Config;
+use nix_outbox_daemon::filters::upstream_among_targets;
+use nix_outbox_daemon::{Filters, Selection, keys, upstream};
 use nix_outbox_store::{StoreAddress, StorePool};
 use nix_outbox_upload::{
     Target, TargetConfig, TargetLocation, open_target, upload_closure_selected,
 };
-
-use super::daemon::{default_key_files, read_keys, upstream_caches};
 
 /// Store connections: closures are queried level by level over the pool,
 /// and one more serves the NAR stream.
@@ -93,7 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Selection {
             store_dir: cfg.store_dir.clone(),
             filters: cfg.filters.clone(),
-            upstreams: upstream_caches(&cfg)?,
+            upstreams: upstream::open_configured(&cfg)?,
         }
     };
     tokio::runtime::Builder::new_multi_thread()
@@ -127,9 +125,9 @@ fn store_paths(cfg: &Config, args: &[PathBuf]) -> anyhow::Result<Vec<StorePath>>
 /// sign paths with a key no client trusts yet, and nobody would be told.
 fn signing_keys(cfg: &Config) -> anyhow::Result<Vec<SecretKey>> {
     if !cfg.secret_key_files.is_empty() {
-        return read_keys(&cfg.secret_key_files);
+        return keys::read(&cfg.secret_key_files);
     }
-    let (name, sk, pk) = default_key_files(cfg);
+    let (name, sk, pk) = keys::default_key_files(cfg);
     if !sk.exists() {
         bail!(
             "no signing key: the configuration ({}) lists no secret-key-files and the default key {} does not exist yet.\n\
@@ -143,7 +141,7 @@ fn signing_keys(cfg: &Config) -> anyhow::Result<Vec<SecretKey>> {
             pk.display()
         );
     }
-    read_keys(&[sk])
+    keys::read(&[sk])
 }
 
 async fn copy_all(

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use nix_outbox::config::Config;
 use nix_outbox_core::atomic_write;
+use nix_outbox_daemon::Config;
 use nix_outbox_upload::TargetLocation;
 
 const SERVICE_TEMPLATE: &str = include_str!("../../../../dist/systemd/nix-outbox.service");

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use nix_outbox::config::Config;
 use nix_outbox_core::StorePath;
+use nix_outbox_daemon::Config;
 use nix_outbox_hook::client;
 use nix_outbox_hook::protocol::{HookRequest, MAX_OUT_PATHS};
 use nix_outbox_queue::{Job, JobState, Queue, Source};
 
-use super::wait;
+use nix_outbox_daemon::wait;
 
 mod progress;
 
@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let direct = || -> anyhow::Result<i64> {
                     cfg.ensure_state_dir()?;
                     let mut q = Queue::open(&cfg.queue_path())?;
-                    Ok(q.add_request(Source::Push, None, &outs, nix_outbox::service::now())?)
+                    Ok(q.add_request(Source::Push, None, &outs, nix_outbox_daemon::now())?)
                 };
                 // Both ways failed: say why for each, the socket's first
                 // (for a non-root user, "permission denied" there is the

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use nix_outbox::config::Config;
+use nix_outbox_daemon::Config;
 use nix_outbox_queue::Queue;
 
 #[derive(clap::Args)]
@@ -57,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut q =
         Queue::open(&queue_path).with_context(|| format!("opening {}", queue_path.display()))?;
-    let n = q.retry_now(target.as_deref(), &paths, nix_outbox::service::now())?;
+    let n = q.retry_now(target.as_deref(), &paths, nix_outbox_daemon::now())?;
     eprintln!("{n} waiting job(s) are due now; the daemon retries them within seconds");
     Ok(())
 }

@@ -12,11 +12,9 @@ mod render;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use nix_outbox::config::Config;
-use nix_outbox::service::metrics::progress::{self, HEARTBEAT, ProgressFile};
+use nix_outbox_daemon::Config;
+use nix_outbox_daemon::metrics::progress::{self, HEARTBEAT, ProgressFile};
 use nix_outbox_queue::{Queue, SkipCount, Status};
-
-pub(crate) use render::human_bytes;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -70,7 +68,7 @@ pub(crate) fn snapshot(cfg: &Config) -> anyhow::Result<Snapshot> {
         );
     }
     let q = Queue::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let now = nix_outbox::service::now();
+    let now = nix_outbox_daemon::now();
     let status = q.status(5)?;
     let done_last_hour = q.done_since(now - 3600)?;
     let skip_counts = q.skip_counts()?;

@@ -9,11 +9,11 @@
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use nix_outbox::config::Config;
-use nix_outbox::service::metrics::progress::{self, ProgressFile};
+use nix_outbox_daemon::Config;
+use nix_outbox_daemon::metrics::progress::{self, ProgressFile};
 use nix_outbox_queue::Queue;
 
-use crate::cmd::status::human_bytes;
+use crate::format::human_bytes;
 
 const POLL: Duration = Duration::from_millis(200);
 

@@ -441,5 +441,4 @@ struct Noop;
 impl NarVisitor for Noop {}
 
 #[cfg(test)]
-#[path = "check_tests.rs"]
 mod tests;

@@ -15,13 +15,16 @@ use nix_outbox_queue::{Job, JobState, Queue, Source};
 use nix_outbox_store::{StoreAddress, StorePool};
 use nix_outbox_testkit as tk;
 use nix_outbox_upload::{Target, TargetConfig, UploadError};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use super::test_target::{Probe, denied, disk_full};
-use super::{
-    Clock, DEFAULT_PRESENT_TTL, Daemon, Failure, Jitter, Options, RetryPolicy, Service,
-    TargetEntry, workers,
+use super::outcome::Outcome;
+use super::{record, worker_loop};
+use crate::service::Daemon;
+use crate::test_target::{Probe, denied, disk_full};
+use crate::{
+    Clock, DEFAULT_PRESENT_TTL, Failure, Jitter, Options, RetryPolicy, Service, TargetEntry,
 };
 
 /// Unix time when each test starts.
@@ -34,7 +37,7 @@ struct Rig {
     d: Arc<Daemon>,
     probe: Arc<Probe>,
     target_id: String,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
 }
 
 /// One worker over one file:// target whose first `failures` upload
@@ -83,7 +86,7 @@ fn rig(failures: usize, error: fn(&str) -> UploadError) -> Rig {
         d: Daemon::new(svc, options),
         probe,
         target_id,
-        shutdown: watch::channel(false).0,
+        shutdown: CancellationToken::new(),
     }
 }
 
@@ -106,15 +109,11 @@ impl Rig {
     }
 
     fn start_worker(&self) -> JoinHandle<anyhow::Result<()>> {
-        tokio::spawn(workers::worker_loop(
-            self.d.clone(),
-            0,
-            self.shutdown.subscribe(),
-        ))
+        tokio::spawn(worker_loop(self.d.clone(), 0, self.shutdown.clone()))
     }
 
     async fn stop(&self, worker: JoinHandle<anyhow::Result<()>>) {
-        self.shutdown.send(true).unwrap();
+        self.shutdown.cancel();
         worker.await.unwrap().unwrap();
     }
 
@@ -315,8 +314,8 @@ async fn an_outcome_for_a_job_no_longer_in_flight_is_dropped_not_retried() {
         ))
         .await;
     let (p, target, now) = (path.clone(), rig.target_id.clone(), rig.d.now());
-    let stop = rig.shutdown.subscribe();
-    let settled = workers::settle(&rig.d, &stop, move |q| q.finish_job(&p, &target, now));
+    let stop = rig.shutdown.clone();
+    let settled = record::outcome(&rig.d, &stop, p, target, Outcome::Done, now);
     // Virtual time: an hour of retries would pass in a moment.
     tokio::time::timeout(Duration::from_secs(3600), settled)
         .await
@@ -327,16 +326,18 @@ async fn an_outcome_for_a_job_no_longer_in_flight_is_dropped_not_retried() {
 #[tokio::test(start_paused = true)]
 async fn a_stop_ends_the_retries_of_a_refused_outcome() {
     let rig = rig(0, disk_full);
-    let (d, stop) = (rig.d.clone(), rig.shutdown.subscribe());
+    let (d, stop) = (rig.d.clone(), rig.shutdown.clone());
     // A write the queue refuses every time (any error but "not in flight").
-    let refused = |_: &mut Queue| Err(nix_outbox_queue::QueueError::NoSuchRequest(1));
-    let settling = tokio::spawn(async move { workers::settle(&d, &stop, refused).await });
+    let refused = |_: &mut Queue| Err::<(), _>(nix_outbox_queue::QueueError::NoSuchRequest(1));
+    let settling = tokio::spawn(async move {
+        record::until_written(&d, &stop, "record", "meanwhile", refused).await
+    });
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert!(
         !settling.is_finished(),
         "gave up on an outcome while running"
     );
-    rig.shutdown.send(true).unwrap();
+    rig.shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(60), settling)
         .await
         .expect("the stop did not end the retries")

@@ -1,47 +1,17 @@
-//! The daemon's configuration: TOML with unknown keys rejected, every
-//! default documented and shown by `check-config`.
+//! The daemon's effective configuration: the one schema
+//! ([`nix_outbox_config::ConfigFile`]) read strictly, then every value
+//! resolved into what the daemon runs with (target URLs parsed, filters
+//! compiled, defaults that depend on who runs us filled in).
 //!
 //! Where it comes from, first match wins: `--config FILE`,
 //! `$NIX_OUTBOX_CONFIG`, `/etc/nix-outbox/config.toml`, built-in defaults.
-//! The hook reads the same file (only `state-dir`, `socket`, `store-dir`,
-//! `hook-timeout-ms`) with the same defaults, which live in the hook crate
-//! so the two can never disagree.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+use nix_outbox_config::{ConfigFile, Environment};
 use nix_outbox_core::StoreDir;
-use nix_outbox_hook::config::{
-    CONFIG_ENV, DEFAULT_CONFIG_FILE, DEFAULT_HOOK_TIMEOUT_MS, Environment, default_socket_for,
-    default_state_dir_in,
-};
 use nix_outbox_upload::TargetConfig;
-use serde::Deserialize;
-
-/// The file as written; every key optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    state_dir: Option<PathBuf>,
-    socket: Option<PathBuf>,
-    socket_group: Option<String>,
-    secret_key_files: Option<Vec<PathBuf>>,
-    targets: Option<Vec<String>>,
-    store_dir: Option<String>,
-    hook_timeout_ms: Option<u64>,
-    workers: Option<usize>,
-    include: Option<Vec<String>>,
-    exclude: Option<Vec<String>>,
-    upstream_keys: Option<Vec<String>>,
-    upstream_caches: Option<Vec<String>>,
-    upload_build_logs: Option<bool>,
-    build_log_dir: Option<PathBuf>,
-    sign_local_store: Option<bool>,
-    upload_realisations: Option<bool>,
-    stop_timeout_secs: Option<u64>,
-    metrics_address: Option<String>,
-    metrics_allow_remote: Option<bool>,
-}
 
 /// The effective configuration, every value resolved.
 #[derive(Debug, Clone)]
@@ -61,7 +31,7 @@ pub struct Config {
     pub hook_timeout_ms: u64,
     pub workers: usize,
     /// `include`, `exclude`, `upstream-keys` (see `service::filters`).
-    pub filters: crate::service::Filters,
+    pub filters: crate::Filters,
     /// `upstream-caches`: asked read-only, never uploaded to.
     pub upstream_caches: Vec<TargetConfig>,
     /// Build logs and local signatures (issue 7).
@@ -106,101 +76,48 @@ impl Default for CacheExtras {
 impl Config {
     /// Loads from `--config`, `$NIX_OUTBOX_CONFIG`, the system file, or defaults.
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
-        let env_path = std::env::var_os(CONFIG_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from);
-        let path = match (explicit, env_path) {
-            (Some(p), _) => Some(p.to_owned()),
-            (None, Some(p)) => Some(p),
-            (None, None) => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
-        };
-        match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(&p)
-                    .with_context(|| format!("cannot read configuration file {}", p.display()))?;
-                Self::from_toml(&text, &p.display().to_string())
-            }
-            None => Self::from_toml("", "built-in defaults"),
-        }
+        let env = Environment::current();
+        let (file, source) = nix_outbox_config::load(explicit, &env)?;
+        Self::resolve(file, &source, &env)
     }
 
+    /// Parses config text (strictly) and resolves it for this process.
     pub fn from_toml(text: &str, source: &str) -> anyhow::Result<Self> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| {
-            anyhow::anyhow!(
-                "invalid configuration in {source}: {}\nKnown keys: state-dir, socket, socket-group, secret-key-files, targets, store-dir, hook-timeout-ms, workers, include, exclude, upstream-keys, upstream-caches, stop-timeout-secs, metrics-address, metrics-allow-remote, upload-build-logs, build-log-dir, sign-local-store.",
-                e.to_string().trim_end()
-            )
-        })?;
-        let env = Environment::current();
-        let state_dir = file.state_dir.unwrap_or_else(|| default_state_dir_in(&env));
-        if !state_dir.is_absolute() {
-            bail!(
-                "state-dir {:?} in {source} must be an absolute path",
-                state_dir
-            );
-        }
-        let socket = file
-            .socket
-            .unwrap_or_else(|| default_socket_for(env.is_root(), &state_dir));
-        if !socket.is_absolute() {
-            bail!("socket {:?} in {source} must be an absolute path", socket);
-        }
-        let store_dir = match file.store_dir {
-            Some(s) => StoreDir::new(&s).with_context(|| format!("store-dir in {source}"))?,
-            None => StoreDir::default(),
-        };
+        let file = ConfigFile::parse(text, source)?;
+        Self::resolve(file, source, &Environment::current())
+    }
+
+    fn resolve(file: ConfigFile, source: &str, env: &Environment) -> anyhow::Result<Self> {
+        let state_dir = file.state_dir(env);
+        let socket = file.socket(env);
         let default_target = file.targets.is_none();
-        let target_strings = file.targets.unwrap_or_else(|| {
+        let target_strings = file.targets.clone().unwrap_or_else(|| {
             vec![format!(
                 "file://{}?compression=zstd",
                 state_dir.join("cache").display()
             )]
         });
-        if target_strings.is_empty() {
-            bail!(
-                "targets in {source} is empty: name at least one cache, e.g. targets = [\"file:///var/cache/nix-outbox?compression=zstd\"]"
-            );
-        }
         let mut targets = Vec::new();
         for t in &target_strings {
             targets
                 .push(TargetConfig::parse(t).with_context(|| format!("target {t:?} in {source}"))?);
         }
-        let hook_timeout_ms = file.hook_timeout_ms.unwrap_or(DEFAULT_HOOK_TIMEOUT_MS);
-        let workers = file.workers.unwrap_or(4);
-        if workers == 0 || workers > 256 {
-            bail!("workers = {workers} in {source}: choose 1 to 256");
-        }
-        let stop_timeout_secs = file
-            .stop_timeout_secs
-            .unwrap_or(crate::service::DEFAULT_STOP_TIMEOUT.as_secs());
-        if stop_timeout_secs > 3600 {
-            bail!(
-                "stop-timeout-secs = {stop_timeout_secs} in {source}: choose 0 to 3600 (and keep the systemd unit's TimeoutStopSec above it)"
-            );
-        }
-        let metrics_address = crate::service::metrics::parse_address(
-            file.metrics_address.as_deref(),
-            file.metrics_allow_remote.unwrap_or(false),
-        )
-        .map_err(|e| anyhow::anyhow!("{e} (in {source})"))?;
-        let build_log_dir = file
-            .build_log_dir
-            .unwrap_or_else(nix_outbox_upload::default_log_dir);
-        if !build_log_dir.is_absolute() {
-            bail!("build-log-dir {build_log_dir:?} in {source} must be an absolute path");
-        }
+        // Checked by `problems()` when the file was parsed.
+        let metrics_address = file.metrics_address().map_err(anyhow::Error::msg)?;
         let extras = CacheExtras {
-            upload_build_logs: file.upload_build_logs.unwrap_or(false),
-            build_log_dir,
-            sign_local_store: file.sign_local_store.unwrap_or(false),
-            upload_realisations: file.upload_realisations.unwrap_or(true),
+            upload_build_logs: file.upload_build_logs,
+            build_log_dir: file
+                .build_log_dir
+                .clone()
+                .unwrap_or_else(nix_outbox_upload::default_log_dir),
+            sign_local_store: file.sign_local_store,
+            upload_realisations: file.upload_realisations,
         };
-        let (filters, upstream_caches) = crate::service::filters::FilterKeys {
-            include: file.include,
-            exclude: file.exclude,
-            upstream_keys: file.upstream_keys,
-            upstream_caches: file.upstream_caches,
+        let (filters, upstream_caches) = crate::filters::FilterKeys {
+            include: file.include.clone(),
+            exclude: file.exclude.clone(),
+            upstream_keys: file.upstream_keys.clone(),
+            upstream_caches: file.upstream_caches.clone(),
         }
         .resolve(&targets)
         .map_err(|e| anyhow::anyhow!("{e} (in {source})"))?;
@@ -211,14 +128,14 @@ impl Config {
             source: source.to_owned(),
             state_dir,
             socket,
-            socket_group: file.socket_group,
-            secret_key_files: file.secret_key_files.unwrap_or_default(),
+            socket_group: file.socket_group.clone(),
+            secret_key_files: file.secret_key_files.clone(),
             targets,
             default_target,
-            store_dir,
-            hook_timeout_ms,
-            workers,
-            stop_timeout: std::time::Duration::from_secs(stop_timeout_secs),
+            store_dir: file.store_dir.clone(),
+            hook_timeout_ms: file.hook_timeout_ms,
+            workers: file.workers,
+            stop_timeout: file.stop_timeout(),
             metrics_address,
         })
     }
@@ -243,13 +160,13 @@ impl Config {
         self.state_dir.join("queue.sqlite")
     }
 
-    /// The daemon's in-flight progress, for `status` (see `service::metrics::progress`).
+    /// The daemon's in-flight progress, for `status` (see `metrics::progress`).
     pub fn progress_path(&self) -> PathBuf {
         self.state_dir.join("progress.json")
     }
 
     pub fn spool_dir(&self) -> PathBuf {
-        nix_outbox_hook::config::spool_dir(&self.state_dir)
+        nix_outbox_config::spool_dir(&self.state_dir)
     }
 
     pub fn keys_dir(&self) -> PathBuf {
@@ -281,7 +198,7 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from("/run/o.sock"));
         assert!(!c.default_target);
         assert_eq!(c.workers, 2);
-        assert_eq!(c.stop_timeout, crate::service::DEFAULT_STOP_TIMEOUT);
+        assert_eq!(c.stop_timeout, nix_outbox_config::DEFAULT_STOP_TIMEOUT);
         let c = Config::from_toml("stop-timeout-secs = 0\n", "test").unwrap();
         assert_eq!(c.stop_timeout, std::time::Duration::ZERO);
     }

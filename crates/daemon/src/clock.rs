@@ -62,6 +62,12 @@ impl Clock {
     }
 }
 
+/// The wall clock in unix seconds, as the queue stores time (for the CLI;
+/// the daemon's loops read their [`Clock`]).
+pub fn now() -> i64 {
+    Clock::system().now()
+}
+
 fn secs_i64(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }

@@ -20,7 +20,7 @@ use nix_outbox_core::{StoreDir, StorePath};
 use nix_outbox_store::PathInfo;
 use nix_outbox_upload::{BoxFuture, PathSelector, Skip, SkipReason, TargetConfig};
 
-use super::upstream::UpstreamCache;
+use crate::upstream::UpstreamCache;
 
 /// cache.nixos.org's key: the default `upstream-keys`.
 pub const NIXOS_CACHE_KEY: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";

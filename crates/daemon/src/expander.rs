@@ -12,20 +12,19 @@ use std::time::Duration;
 use nix_outbox_core::StorePath;
 use nix_outbox_queue::{Expansion, Request};
 use nix_outbox_store::{build_outputs, sign_local_paths};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use super::{Daemon, Failure, idle};
+use crate::Failure;
+use crate::run::idle;
+use crate::service::Daemon;
 
 /// The most requests claimed and expanded in one transaction. Bounds the
 /// time the first of them waits for the store queries of the others.
 const MAX_BATCH: usize = 64;
 
-pub async fn expand_loop(
-    d: Arc<Daemon>,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+pub async fn expand_loop(d: Arc<Daemon>, stop: CancellationToken) -> anyhow::Result<()> {
     let svc = &d.svc;
-    while !*shutdown.borrow() {
+    while !stop.is_cancelled() {
         let woken = svc.new_requests.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
@@ -34,20 +33,18 @@ pub async fn expand_loop(
             .with_queue(move |q| q.claim_requests(now, MAX_BATCH))
             .await
         {
-            Ok(claimed) if claimed.is_empty() => {
-                idle(woken, &mut shutdown, Duration::from_secs(1)).await
-            }
+            Ok(claimed) if claimed.is_empty() => idle(woken, &stop, Duration::from_secs(1)).await,
             Ok(claimed) => {
-                if let Err(e) = expand_batch(&d, claimed, &shutdown).await {
+                if let Err(e) = expand_batch(&d, claimed, &stop).await {
                     // The queue failing to record a deferral: the requests
                     // stay `new` and are claimed again after a pause.
                     tracing::error!("queue error while expanding requests: {e:#}");
-                    idle(woken, &mut shutdown, Duration::from_secs(1)).await;
+                    idle(woken, &stop, Duration::from_secs(1)).await;
                 }
             }
             Err(e) => {
                 tracing::error!("queue error while claiming requests: {e:#}");
-                idle(woken, &mut shutdown, Duration::from_secs(1)).await;
+                idle(woken, &stop, Duration::from_secs(1)).await;
             }
         }
     }
@@ -62,7 +59,7 @@ pub async fn expand_loop(
 async fn expand_batch(
     d: &Daemon,
     claimed: Vec<Request>,
-    shutdown: &watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let svc = &d.svc;
     let mut first_error = None;
@@ -75,7 +72,7 @@ async fn expand_batch(
     for req in claimed {
         // A store that answers slowly must not hold a stop past its
         // timeout: the rest of the batch waits for the next start.
-        if *shutdown.borrow() {
+        if stop.is_cancelled() {
             break;
         }
         let (id, attempts) = (req.id, req.attempts);
@@ -161,9 +158,9 @@ async fn defer(d: &Daemon, id: i64, attempts: u32, why: &str) -> anyhow::Result<
     let at = d.clock.after(delay);
     tracing::warn!("request {id}: {why}; retrying in {}s", at - d.now());
     let msg = why.to_owned();
-    d.svc
+    Ok(d.svc
         .with_queue(move |q| q.defer_request(id, &msg, at))
-        .await
+        .await?)
 }
 
 /// Which of the request's outputs are valid in the store, in upload order

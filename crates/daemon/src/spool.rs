@@ -8,19 +8,16 @@ use std::time::Duration;
 
 use nix_outbox_hook::spool::{list_spool, read_spool_file};
 use nix_outbox_queue::Source;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use super::Daemon;
+use crate::service::Daemon;
 
 /// How often the spool is scanned (the hook cannot wake a daemon that was
 /// not listening, so we poll; a spooled request waits at most this long).
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
-pub async fn ingest_loop(
-    d: Arc<Daemon>,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    while !*shutdown.borrow() {
+pub async fn ingest_loop(d: Arc<Daemon>, stop: CancellationToken) -> anyhow::Result<()> {
+    while !stop.is_cancelled() {
         if let Err(e) = ingest_once(&d).await {
             tracing::warn!("spool ingestion failed (will retry): {e:#}");
         }
@@ -28,7 +25,7 @@ pub async fn ingest_loop(
         // about spool files, and commits through the socket are none of
         // this loop's business.
         tokio::select! {
-            _ = shutdown.changed() => {}
+            _ = stop.cancelled() => {}
             _ = tokio::time::sleep(SCAN_INTERVAL) => {}
         }
     }

@@ -20,9 +20,10 @@ use nix_outbox_hook::protocol::{self, MAX_REQUEST_BYTES, Reply};
 use nix_outbox_queue::Source;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
-use super::Daemon;
+use crate::service::Daemon;
 
 /// How long a client may take to send its request. The hook sends it in
 /// one write; anything slower is stuck or hostile.
@@ -44,14 +45,14 @@ struct Pending {
 }
 
 /// Serves the hook socket on a dedicated thread, with a single-threaded
-/// runtime of its own, until `shutdown` flips (see [`accept_loop`]). The
+/// runtime of its own, until `close` is cancelled (see [`accept_loop`]). The
 /// commit runs on that thread too, so a hook's request is read, committed
 /// and answered without waking any other thread (but the one holding the
 /// queue, if it is busy).
 ///
 /// Setting up fails here, before the daemon says it is ready. The
 /// receiver yields the loop's outcome once it has ended; it ends before
-/// `shutdown` only on a failure (a panic drops the sender), which the
+/// `close` only on a failure (a panic drops the sender), which the
 /// caller must treat as fatal: without the socket every hook spools.
 ///
 /// Timestamps of hook requests come from `d.clock`; a clock that follows
@@ -60,7 +61,7 @@ struct Pending {
 pub fn spawn(
     d: Arc<Daemon>,
     listener: UnixListener,
-    shutdown: watch::Receiver<bool>,
+    close: CancellationToken,
 ) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -75,7 +76,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("nix-outbox-hooks".into())
         .spawn(move || {
-            let res = runtime.block_on(accept_loop(d, listener, shutdown));
+            let res = runtime.block_on(accept_loop(d, listener, close));
             let _ = done.send(res);
         })?;
     Ok(outcome)
@@ -84,7 +85,7 @@ pub fn spawn(
 async fn accept_loop(
     d: Arc<Daemon>,
     listener: UnixListener,
-    mut shutdown: watch::Receiver<bool>,
+    close: CancellationToken,
 ) -> anyhow::Result<()> {
     // The committer ends once every handler (each holds a sender) is done.
     let (commits, rx) = mpsc::channel(4 * MAX_BATCH);
@@ -95,7 +96,7 @@ async fn accept_loop(
     let mut handlers = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = close.cancelled() => break,
             // It ends only when every sender is gone, so this is a panic:
             // every request would then be refused (and spooled). Stop, so
             // that the daemon fails loudly and is restarted.

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::service::Daemon;
 
@@ -24,16 +25,16 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 pub(crate) async fn serve(
     d: Arc<Daemon>,
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    close: CancellationToken,
 ) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = close.cancelled() => return Ok(()),
             p = slots.clone().acquire_owned() => p?,
         };
         tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = close.cancelled() => return Ok(()),
             res = listener.accept() => match res {
                 Ok((stream, _)) => {
                     let d = d.clone();

@@ -9,7 +9,6 @@
 mod http;
 pub mod progress;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 
-use super::Failure;
+use crate::Failure;
 
 pub use progress::{InFlightJob, ProgressFile, TargetTotals};
 
@@ -350,31 +349,6 @@ pub fn failure_kind(e: &UploadError) -> &'static str {
     }
 }
 
-/// Validates `metrics-address`: metrics say when and how much is built,
-/// so only loopback addresses are accepted unless `allow_remote`.
-pub fn parse_address(
-    value: Option<&str>,
-    allow_remote: bool,
-) -> Result<Option<SocketAddr>, String> {
-    let Some(value) = value else {
-        return Ok(None);
-    };
-    let addr: SocketAddr = value.parse().map_err(|_| {
-        format!(
-            "metrics-address {value:?} is not an IP address and port, e.g. \"127.0.0.1:9184\" or \"[::1]:9184\""
-        )
-    })?;
-    if !addr.ip().is_loopback() && !allow_remote {
-        return Err(format!(
-            "metrics-address {addr} is not a loopback address: metrics reveal when and how much \
-             this machine builds. Use 127.0.0.1 (and let a local agent or proxy forward them), or \
-             set metrics-allow-remote = true to serve them on {} anyway",
-            addr.ip()
-        ));
-    }
-    Ok(Some(addr))
-}
-
 /// What the daemon exposes besides the queue. The default exposes nothing
 /// (tests that run the daemon in-process).
 #[derive(Default)]
@@ -391,24 +365,6 @@ pub(crate) use progress::write_loop;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn address_must_be_loopback_unless_allowed() {
-        assert_eq!(parse_address(None, false), Ok(None));
-        assert_eq!(
-            parse_address(Some("127.0.0.1:9184"), false),
-            Ok(Some("127.0.0.1:9184".parse().unwrap()))
-        );
-        assert!(parse_address(Some("[::1]:0"), false).unwrap().is_some());
-        let e = parse_address(Some("0.0.0.0:9184"), false).unwrap_err();
-        assert!(
-            e.contains("not a loopback") && e.contains("metrics-allow-remote"),
-            "{e}"
-        );
-        assert!(parse_address(Some("0.0.0.0:9184"), true).unwrap().is_some());
-        let e = parse_address(Some("localhost:9184"), false).unwrap_err();
-        assert!(e.contains("not an IP address"), "{e}");
-    }
 
     #[test]
     fn encodes_bounded_series() {

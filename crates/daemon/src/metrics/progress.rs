@@ -24,7 +24,7 @@ use nix_outbox_upload::{
     BoxFuture, ClosureReport, Compression, NarDigest, NarWriter, Target, UploadClaim, UploadError,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::service::Daemon;
 
@@ -361,14 +361,14 @@ pub(crate) async fn write_loop(
     d: Arc<Daemon>,
     path: PathBuf,
     metrics_address: Option<String>,
-    mut shutdown: watch::Receiver<bool>,
+    close: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut last: Option<(Vec<InFlightJob>, Vec<TargetTotals>)> = None;
     let mut written_at = Instant::now();
     // Failures are reported when they start and when they stop, not every
     // second: a full disk must not flood the journal.
     let mut failing = false;
-    while !*shutdown.borrow() {
+    while !close.is_cancelled() {
         let snap = d.metrics.in_flight.snapshot(d.metrics.targets());
         // Throughput changes every second while anything is in flight,
         // so an active daemon rewrites every second; an idle one rarely.
@@ -399,7 +399,7 @@ pub(crate) async fn write_loop(
                 Err(e) => tracing::debug!("{e}"),
             }
         }
-        tick(&mut shutdown).await;
+        tick(&close).await;
     }
     let _ = std::fs::remove_file(&path);
     Ok(())
@@ -407,9 +407,9 @@ pub(crate) async fn write_loop(
 
 /// Sleeps a second (or until shutdown). New work does not matter here:
 /// the file is refreshed on the next tick anyway.
-async fn tick(shutdown: &mut watch::Receiver<bool>) {
+async fn tick(close: &CancellationToken) {
     tokio::select! {
-        _ = shutdown.changed() => {}
+        _ = close.cancelled() => {}
         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
     }
 }

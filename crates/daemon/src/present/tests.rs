@@ -8,8 +8,8 @@ use std::time::Duration;
 use nix_outbox_queue::Queue;
 use nix_outbox_upload::Target;
 
-use super::test_target::{Probe, disk_full};
-use super::{Clock, KnownPresent, RELOAD_EVERY};
+use crate::test_target::{Probe, disk_full};
+use crate::{Clock, KnownPresent, RELOAD_EVERY};
 
 const T: &str = "file:///cache";
 

@@ -25,7 +25,8 @@ use nix_outbox_core::StoreDir;
 use nix_outbox_queue::Queue;
 use nix_outbox_upload::{BoxFuture, NarWriter, Target, UploadClaim, UploadError};
 
-use super::{Clock, on_queue};
+use crate::Clock;
+use crate::service::on_queue;
 
 /// How often the in-memory set is read again from the queue.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(300);
@@ -318,3 +319,6 @@ impl Target for KnownPresent {
         self.inner.begin_nar()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,11 +16,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use nix_outbox_queue::Queue;
 use nix_outbox_upload::Target;
 use tokio::time::Instant;
 
-use super::{Clock, KnownPresent};
+use crate::{Clock, KnownPresent};
 
 /// How long one batch of existence checks may take before the upstream
 /// cache counts as unreachable.
@@ -143,6 +144,19 @@ impl UpstreamCache {
         self.timeout = timeout;
         self
     }
+}
+
+/// The configured upstream caches, opened read-only (only existence checks
+/// are ever made on them).
+pub fn open_configured(cfg: &crate::Config) -> anyhow::Result<Vec<UpstreamCache>> {
+    cfg.upstream_caches
+        .iter()
+        .map(|c| {
+            let target =
+                nix_outbox_upload::open_target(c).with_context(|| format!("upstream cache {c}"))?;
+            Ok(UpstreamCache::new(c.id(), target))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix_outbox_core::StoreDir;
 use nix_outbox_upload::{BoxFuture, FileTarget, NarWriter, Target, UploadError};
 
-use super::Clock;
+use crate::Clock;
 
 pub struct Probe {
     inner: FileTarget,

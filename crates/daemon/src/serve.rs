@@ -1,0 +1,136 @@
+//! The production daemon: what `nix-outbox daemon` runs. It takes the
+//! socket systemd handed over (if any), opens the queue, the store and the
+//! targets named by the [`Config`], loads or generates the signing key,
+//! and [`run`](crate::run)s until SIGINT or SIGTERM.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use nix_outbox_queue::Queue;
+use nix_outbox_store::{StoreAddress, StorePool};
+use nix_outbox_upload::{TargetLocation, open_target};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::systemd::{self, InheritedSocket};
+use crate::{Config, Observability, Options, Service, TargetEntry, keys, socket};
+
+/// Runs the daemon for `cfg` in the foreground until it is stopped.
+pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    // SAFETY: no thread exists yet (the runtime is built below).
+    let inherited = unsafe { systemd::take_listen_socket() }?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let res = runtime.block_on(serve_async(cfg, inherited));
+    // Uploads cut off by stop-timeout-secs may leave blocking work (a
+    // compressor thread, a queue call) that ends by itself soon; do not let
+    // it hold the exit for long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    res
+}
+
+async fn serve_async(cfg: Config, inherited: Option<InheritedSocket>) -> anyhow::Result<()> {
+    cfg.ensure_state_dir()?;
+    let (keys, generated) = keys::load_or_generate(&cfg)?;
+    if generated || cfg.default_target || cfg.source == "built-in defaults" {
+        eprintln!("{}", keys::nix_conf_advice(&cfg, &keys));
+    }
+    for t in &cfg.targets {
+        // Like `nix copy --to file://DIR`, a missing cache directory is
+        // created (once, at start; uploads never create it).
+        if let TargetLocation::File { root } = &t.location {
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("cannot create the cache directory {}", root.display()))?;
+        }
+    }
+    let queue = Queue::open(&cfg.queue_path())?;
+    let address = StoreAddress::from_env()?;
+    let pool = StorePool::new(address, cfg.store_dir.clone(), cfg.workers + 2);
+    let targets = cfg
+        .targets
+        .iter()
+        .map(|c| {
+            Ok(TargetEntry {
+                id: c.id(),
+                target: open_target(c)?,
+                config: c.clone(),
+            })
+        })
+        .collect::<Result<_, nix_outbox_upload::UploadError>>()?;
+    let activated = inherited.is_some();
+    let listener = match inherited {
+        Some(inherited) => socket::from_systemd(&cfg, inherited)?,
+        None => socket::bind(&cfg)?,
+    };
+    tracing::info!(
+        "nix-outbox daemon listening on {}{} (config: {}); uploading to {}",
+        cfg.socket.display(),
+        if activated {
+            " (socket from systemd)"
+        } else {
+            ""
+        },
+        cfg.source,
+        cfg.targets
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let svc = Arc::new(Service {
+        store_dir: cfg.store_dir.clone(),
+        pool,
+        targets,
+        keys,
+        spool_dir: cfg.spool_dir(),
+        workers: cfg.workers,
+        queue: Arc::new(Mutex::new(queue)),
+        wake: Notify::new(),
+        new_requests: Notify::new(),
+        extras: cfg.extras.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("stopping; interrupted uploads resume at the next start");
+        systemd::notify_stopping("stopping: finishing uploads in flight");
+        on_signal.cancel();
+    });
+    let metrics_listener = match cfg.metrics_address {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr} (metrics-address)"))?;
+            tracing::info!("serving metrics on http://{}/metrics", l.local_addr()?);
+            Some(l)
+        }
+        None => None,
+    };
+    let options = Options {
+        filters: cfg.filters.clone(),
+        upstream_caches: crate::upstream::open_configured(&cfg)?,
+        observe: Observability {
+            metrics_listener,
+            progress_file: Some(cfg.progress_path()),
+        },
+        stop_timeout: cfg.stop_timeout,
+        on_ready: Some(Box::new(|| {
+            systemd::notify_ready("accepting hook requests")
+        })),
+        ..Options::default()
+    };
+    let res = crate::run(svc, listener, options, shutdown).await;
+    // systemd's socket outlives us: that is what keeps hooks queued while
+    // the daemon restarts. Only a socket we bound is ours to remove.
+    if !activated {
+        let _ = std::fs::remove_file(&cfg.socket);
+    }
+    res
+}
