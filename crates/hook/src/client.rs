@@ -230,5 +230,4 @@ fn socket() -> io::Result<OwnedFd> {
 }
 
 #[cfg(test)]
-#[path = "client_tests.rs"]
 mod tests;

@@ -447,5 +447,4 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
 }
 
 #[cfg(test)]
-#[path = "protocol_tests.rs"]
 mod tests;

@@ -9,13 +9,11 @@
 //! environment (tests here run in parallel threads, and a credential in
 //! our own environment would also hide a daemon that ignored its own).
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::{Outbox, build_via, delete_and_substitute, graph_expr, has_narinfo};
 use nix_outbox_testkit as tk;
-use support::{Outbox, build_via, delete_and_substitute, graph_expr, has_narinfo};
 
 /// The bucket every test's s3s-fs serves.
 const BUCKET: &str = "nix-cache";

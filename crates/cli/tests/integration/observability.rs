@@ -4,15 +4,13 @@
 //! by the official Prometheus Python client's parsers (OpenMetrics and the
 //! classic text format).
 
-mod support;
-
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::{Outbox, build_via, graph_expr};
 use serde_json::Value;
-use support::{Outbox, build_via, graph_expr};
 
 /// The daemon binds port 0; its progress file says which port it got.
 fn metrics_address(outbox: &Outbox) -> String {

@@ -6,14 +6,12 @@
 //! The state directory and the cache are small tmpfs mounts filled to the
 //! last byte, so "full" is the kernel's real ENOSPC, not a simulation.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use nix_outbox_testkit as tk;
-use support::*;
 
 /// A tmpfs mounted for the test's lifetime.
 struct Tmpfs(PathBuf);

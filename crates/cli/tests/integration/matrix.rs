@@ -6,12 +6,10 @@
 //! version reads the others' caches. Hence `#[ignore]`: alone, a phase
 //! proves nothing.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
+use crate::support::*;
 use nix_outbox_testkit as tk;
-use support::*;
 
 /// The compressions each version uploads with: every reader must handle
 /// both.

@@ -11,13 +11,11 @@
 //! depends on timing. Deadlines only turn a hang into a failure that shows
 //! the daemon's log; nothing here asserts how long anything takes.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::{Outbox, build_via, delete_and_substitute, graph_expr, has_narinfo};
 use nix_outbox_testkit as tk;
-use support::{Outbox, build_via, delete_and_substitute, graph_expr, has_narinfo};
 use tk::fault_proxy::{Counts, Fault, FaultProxy, Plan};
 
 const BUCKET: &str = "nix-cache";

@@ -8,13 +8,11 @@
 //! and narinfo. The seed is printed so a failure can be replayed with
 //! `CRASH_LOOP_SEED=…`.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::*;
 use nix_outbox_testkit as tk;
-use support::*;
 
 /// A small xorshift generator: reproducible from the printed seed.
 struct Rng(u64);

@@ -1,9 +1,8 @@
 //! Running the real thing end to end: a private nix-daemon (Nix 2.8 on the
 //! host) whose post-build-hook is our built `nix-outbox-hook`, and the
 //! `nix-outbox` daemon as a separate process, like in production.
-//!
-//! Shared by several test binaries, each using only some helpers.
-#![allow(dead_code)]
+
+pub mod systemd_harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Outbox, outbox_bin};
+use super::{Outbox, outbox_bin};
 use nix_outbox_testkit as tk;
 
 /// Generous: only a hang comes near it.

@@ -9,9 +9,7 @@
 //! Deadlines only turn a hang into a failure showing the daemon's log;
 //! nothing here asserts how long anything takes.
 
-#[path = "support/systemd_harness.rs"]
-mod harness;
-mod support;
+use crate::support::systemd_harness as harness;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,12 +17,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{Outbox, has_narinfo, hook_bin, outbox_bin};
 use harness::{
     HANG, Notify, Running, configure, fresh_path, read_reply, send_request, spawn_daemon,
     wait_for_socket,
 };
 use nix_outbox_testkit as tk;
-use support::{Outbox, has_narinfo, hook_bin, outbox_bin};
 use tk::fault_proxy::{Fault, FaultProxy, Plan};
 
 #[test]

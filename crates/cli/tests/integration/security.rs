@@ -4,13 +4,11 @@
 //! store are uploaded as symlinks (never followed), and paths outside the
 //! store are refused.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+use crate::support::*;
 use nix_outbox_testkit as tk;
-use support::*;
 
 const NOBODY: &str = "65534";
 

@@ -7,14 +7,12 @@
 //! `wait`, `push --wait` and `copy`, and a bad pattern is a configuration
 //! error naming it.
 
-mod support;
-
 use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::{Outbox, build_via, delete_and_substitute};
 use nix_outbox_testkit as tk;
-use support::{Outbox, build_via, delete_and_substitute};
 
 /// Appends TOML lines to the outbox's configuration.
 fn configure(outbox: &Outbox, lines: &str) {
@@ -171,7 +169,7 @@ fn paths_an_upstream_cache_has_are_skipped_and_an_unreachable_upstream_blocks_no
 
 /// `nix-outbox copy` without the daemon's NIX_REMOTE (the host's store).
 fn copy(outbox: &Outbox, args: &[&str]) -> std::process::Output {
-    Command::new(support::outbox_bin())
+    Command::new(crate::support::outbox_bin())
         .env_remove("NIX_REMOTE")
         .arg("copy")
         .arg("--config")

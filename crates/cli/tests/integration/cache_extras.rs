@@ -3,12 +3,10 @@
 //! --store` lists against our `.ls` listing, and our signatures recorded
 //! in the local store (`nix path-info --sigs`).
 
-mod support;
-
 use std::path::Path;
 
+use crate::support::{Outbox, build_via};
 use nix_outbox_testkit as tk;
-use support::{Outbox, build_via};
 
 /// An outbox whose file:// target writes listings and build logs (off by
 /// default), with `extra` appended to its config, and a private nix-daemon
@@ -54,7 +52,7 @@ fn setup_with_env(
     let nix = tk::PrivateDaemon::start_with_env(
         &format!(
             "post-build-hook = {}\n{nix_conf}",
-            support::hook_bin().display()
+            crate::support::hook_bin().display()
         ),
         &[
             ("NIX_OUTBOX_CONFIG", outbox.config.to_str().unwrap()),

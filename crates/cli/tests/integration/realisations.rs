@@ -3,18 +3,16 @@
 //! publishes `realisations/<id>.doi` signed with our key, and a fresh
 //! store substitutes a content-addressed output from our cache alone.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::Outbox;
 use nix_outbox_core::StoreDir;
 use nix_outbox_core::derivation::hash_modulo;
 use nix_outbox_core::keys::SecretKey;
 use nix_outbox_store::{StoreAddress, StorePool};
 use nix_outbox_testkit as tk;
-use support::Outbox;
 
 const FEATURES: &str = "nix-command ca-derivations";
 
@@ -80,7 +78,7 @@ async fn ca_outputs_are_published_with_signed_realisations_and_substituted() {
     let nix = tk::PrivateDaemon::start_with_env(
         &format!(
             "post-build-hook = {}\nextra-experimental-features = ca-derivations",
-            support::hook_bin().display()
+            crate::support::hook_bin().display()
         ),
         &[("NIX_OUTBOX_CONFIG", outbox.config.to_str().unwrap())],
     );
@@ -292,7 +290,7 @@ fn realisation_through(
     let nix = tk::PrivateDaemon::start_with_env(
         &format!(
             "post-build-hook = {}\nextra-experimental-features = ca-derivations",
-            support::hook_bin().display()
+            crate::support::hook_bin().display()
         ),
         &[("NIX_OUTBOX_CONFIG", outbox.config.to_str().unwrap())],
     );

@@ -1,14 +1,12 @@
 //! The outbox end to end with a stock Nix 2.8: hook → durable queue →
 //! daemon → signed file:// cache, then substitution and `nix store verify`.
 
-mod support;
-
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 
+use crate::support::{Outbox, build_via, graph_expr};
 use nix_outbox_testkit as tk;
-use support::{Outbox, build_via, graph_expr};
 
 /// Deletes `paths` locally, then substitutes them back from the cache.
 fn delete_and_substitute(outbox: &Outbox, paths: &[String]) {
@@ -165,7 +163,7 @@ fn single_user_mode_without_a_nix_daemon() {
         tk::nix_build_cmd(&expr)
             .arg("--option")
             .arg("post-build-hook")
-            .arg(support::hook_bin())
+            .arg(crate::support::hook_bin())
             .env_remove("NIX_REMOTE")
             .env("NIX_OUTBOX_CONFIG", &outbox.config),
     );
@@ -312,7 +310,7 @@ fn check_config_explains_and_rejects() {
 
     let bad = outbox.dir.path().join("bad.toml");
     std::fs::write(&bad, "state-dir = \"/tmp/x\"\ntargts = []\n").unwrap();
-    let out = Command::new(support::outbox_bin())
+    let out = Command::new(crate::support::outbox_bin())
         .args(["check-config", "--config"])
         .arg(&bad)
         .output()
