@@ -9,9 +9,38 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+export FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 
 log() { printf '\n== %s\n' "$*"; }
+
+# Every stage runs under its own time limit, so a hang ends that stage
+# (and the run) with its name and the last lines it printed, not as CI's
+# 90-minute kill with nothing said. The limits are several times a cold
+# run's (README: "How long the tests take").
+stage_logs=$(mktemp -d /tmp/nix-outbox-test-stages.XXXXXX)
+trap 'rm -rf -- "$stage_logs"' EXIT
+stage() {
+  local name=$1 limit=$2 rc t0=$SECONDS
+  shift 2
+  local out=$stage_logs/$(printf '%s' "$name" | tr -c 'A-Za-z0-9' '_').log
+  log "$name (time limit ${limit}s)"
+  # A function of this script runs in a fresh bash that is given them all.
+  if declare -F "$1" >/dev/null; then
+    set -- bash -c "set -euo pipefail; $(declare -f); $*"
+  fi
+  set +e
+  timeout -k 30 "$limit" "$@" > >(tee "$out") 2>&1
+  rc=$?
+  set -e
+  wait # for tee
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    printf '\n== stage "%s" ran out of time (%ss); its last lines:\n' "$name" "$limit" >&2
+    tail -n 60 "$out" >&2
+    exit 1
+  fi
+  [ "$rc" = 0 ] || { printf '\n== stage "%s" failed (exit %s)\n' "$name" "$rc" >&2; exit "$rc"; }
+  printf '== stage "%s" took %ss\n' "$name" $((SECONDS - t0))
+}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -32,7 +61,7 @@ ensure_nix() {
   nix-store --version
 }
 
-# The systemd tests (crates/cli/tests/systemd.rs) run `systemd-analyze
+# The systemd tests (crates/cli/tests/integration/systemd.rs) run `systemd-analyze
 # verify` on the installed units and `systemd-socket-activate`; neither
 # needs systemd running as PID 1.
 ensure_systemd_tools() {
@@ -56,36 +85,23 @@ if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 log "disk space (a full disk fails tests with ENOSPC, not with our bugs)"
 df -h . /tmp
 
-ensure_nix
-ensure_systemd_tools
-# The S3 and HTTP target tests run against a real s3s-fs and a real nginx;
-# the tests find them where these scripts put them.
-log "installing the test servers (s3s-fs, nginx)"
-scripts/s3s.sh >/dev/null
-scripts/nginx-webdav.sh install >/dev/null
-# The metrics test parses /metrics with the official Prometheus client's parsers.
-if ! /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null; then
-  log "installing python3-prometheus-client"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-prometheus-client >/dev/null
-fi
+install_tools() {
+  ensure_nix
+  ensure_systemd_tools
+  # The S3 and HTTP target tests run against a real s3s-fs and a real nginx;
+  # the tests find them where these scripts put them.
+  log "installing the test servers (s3s-fs, nginx)"
+  scripts/s3s.sh >/dev/null
+  scripts/nginx-webdav.sh install >/dev/null
+  # The metrics test parses /metrics with the official Prometheus client's parsers.
+  if ! /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null; then
+    log "installing python3-prometheus-client"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-prometheus-client >/dev/null
+  fi
+}
 
-log "cargo fmt --check"
-cargo fmt --all -- --check
-
-log "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-
-log "cargo test"
-cargo test --workspace --locked
-
-if [ "${MATRIX:-1}" != 0 ]; then
-  # Nix 2.26 and 2.34 in debootstrap chroots, next to the host's 2.8.
-  log "Nix version matrix (scripts/matrix.sh)"
-  scripts/matrix.sh trixie sid
-fi
-
-if [ "$FUZZ_SECONDS" != 0 ]; then
+fuzz_all() {
   ensure_cargo_fuzz
   # cargo-fuzz needs nightly-only sanitizer flags; this machine has only
   # stable Rust, whose compiler accepts them with RUSTC_BOOTSTRAP=1.
@@ -94,6 +110,20 @@ if [ "$FUZZ_SECONDS" != 0 ]; then
     RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz "$target" -- \
       -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 4
   done
+}
+
+stage "install Nix, systemd tools, s3s-fs, nginx" 1200 install_tools
+stage "cargo fmt --check" 300 cargo fmt --all -- --check
+stage "cargo clippy" 2400 cargo clippy --workspace --all-targets --locked -- -D warnings
+stage "cargo test" 3000 cargo test --workspace --locked
+
+if [ "${MATRIX:-1}" != 0 ]; then
+  # Nix 2.26 and 2.34 in debootstrap chroots, next to the host's 2.8.
+  stage "Nix version matrix (scripts/matrix.sh)" 2400 scripts/matrix.sh trixie sid
+fi
+
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  stage "fuzz smoke runs" 1800 fuzz_all
 fi
 
 log "all tests passed"
