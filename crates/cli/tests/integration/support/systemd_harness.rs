@@ -20,7 +20,9 @@ pub const HANG: Duration = Duration::from_secs(180);
 /// being started, not spool) and appends `extra`.
 pub fn configure(outbox: &Outbox, extra: &str) {
     let text = std::fs::read_to_string(&outbox.config).unwrap();
-    let text = text.replace("hook-timeout-ms = 3000\n", "hook-timeout-ms = 120000\n");
+    // The longest the schema allows (the hook used to ignore a longer one
+    // silently and wait its 2 s default; the daemon now refuses it).
+    let text = text.replace("hook-timeout-ms = 3000\n", "hook-timeout-ms = 60000\n");
     std::fs::write(&outbox.config, format!("{text}{extra}")).unwrap();
 }
 
