@@ -30,7 +30,7 @@ mod run;
 mod serve;
 mod service;
 pub mod socket;
-mod spool;
+pub mod spool;
 pub mod systemd;
 pub mod upstream;
 pub mod wait;

@@ -147,21 +147,52 @@ async fn accept_loop(
 
 async fn handle(d: Arc<Daemon>, commits: mpsc::Sender<Pending>, mut stream: UnixStream) {
     let connected = std::time::Instant::now();
-    let reply = match tokio::time::timeout(READ_TIMEOUT, read_frame(&mut stream)).await {
+    // Before reading a byte: whoever may connect could otherwise make the
+    // daemon sign and upload any store path.
+    let allowed = match stream.peer_cred() {
+        Ok(cred) => d.peers.check(cred.uid(), cred.gid()).map_err(|why| {
+            let pid = cred.pid().map_or("?".to_owned(), |p| p.to_string());
+            tracing::warn!("refused a hook connection from pid {pid}: {why}");
+            why
+        }),
+        Err(e) => Err(format!("cannot tell who is connecting ({e}); refused")),
+    };
+    let reply = match allowed {
+        Err(why) => {
+            d.metrics.hook_forbidden();
+            reply_and_close(&mut stream, Reply::error(&why)).await;
+            return;
+        }
+        Ok(()) => receive(&d, &commits, &mut stream).await,
+    };
+    let Some(reply) = reply else { return };
+    d.metrics
+        .hook_request(matches!(reply, Reply::Ok(_)), connected.elapsed());
+    reply_and_close(&mut stream, reply).await;
+}
+
+/// Reads, decodes and commits one request; `None` for a connection closed
+/// without a byte.
+async fn receive(
+    d: &Daemon,
+    commits: &mpsc::Sender<Pending>,
+    stream: &mut UnixStream,
+) -> Option<Reply> {
+    let reply = match tokio::time::timeout(READ_TIMEOUT, read_frame(stream)).await {
         Err(_) => Reply::error("timed out waiting for the request"),
         Ok(Err(e)) => Reply::error(&e),
         // A connection closed without a byte: a liveness probe (or a hook
         // that gave up before writing); nothing to answer or warn about.
         Ok(Ok(frame)) if frame.is_empty() => {
             tracing::debug!("a connection closed without a request");
-            return;
+            return None;
         }
         Ok(Ok(frame)) => match protocol::decode(&frame, &d.svc.store_dir) {
             Err(e) => {
                 tracing::warn!("refused a malformed hook request: {e}");
                 Reply::error(&format!("malformed request: {e}"))
             }
-            Ok(req) => match commit(&d, &commits, req).await {
+            Ok(req) => match commit(d, commits, req).await {
                 Ok(id) => Reply::Ok(id as u64),
                 // Not acknowledged: the hook spools the request instead.
                 // The committer logged why.
@@ -169,8 +200,11 @@ async fn handle(d: Arc<Daemon>, commits: mpsc::Sender<Pending>, mut stream: Unix
             },
         },
     };
-    d.metrics
-        .hook_request(matches!(reply, Reply::Ok(_)), connected.elapsed());
+    Some(reply)
+}
+
+/// Answers and closes the connection.
+async fn reply_and_close(stream: &mut UnixStream, reply: Reply) {
     let _ = stream.write_all(&reply.encode()).await;
     let _ = stream.shutdown().await;
     // Closing with unread input makes the kernel reset the connection, and

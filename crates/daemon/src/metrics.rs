@@ -225,6 +225,15 @@ impl Metrics {
         }
     }
 
+    /// A connection from a user who may not enqueue was refused.
+    pub fn hook_forbidden(&self) {
+        self.hook_requests
+            .get_or_create(&OutcomeLabels {
+                outcome: "forbidden",
+            })
+            .inc();
+    }
+
     /// A spool file was committed to the queue (`true`) or moved aside.
     pub fn spool_request(&self, ingested: bool) {
         let outcome = if ingested { "ingested" } else { "rejected" };

@@ -121,6 +121,7 @@ async fn serve_async(cfg: Config, inherited: Option<InheritedSocket>) -> anyhow:
             progress_file: Some(cfg.progress_path()),
         },
         stop_timeout: cfg.stop_timeout,
+        peers: socket::Peers::for_config(&cfg)?,
         on_ready: Some(Box::new(|| {
             systemd::notify_ready("accepting hook requests")
         })),

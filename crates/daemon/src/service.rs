@@ -15,6 +15,7 @@ use nix_outbox_store::StorePool;
 use nix_outbox_upload::{Target, TargetConfig};
 use tokio::sync::Notify;
 
+use crate::socket::Peers;
 use crate::{
     Clock, Filters, Jitter, KnownPresent, Metrics, Observability, RetryPolicy, Selection,
     UpstreamCache,
@@ -109,6 +110,8 @@ pub struct Options {
     pub on_ready: Option<Box<dyn FnOnce() + Send>>,
     /// Whether to serve `/metrics` and write the progress file.
     pub observe: Observability,
+    /// Who may enqueue through the hook socket.
+    pub peers: Peers,
 }
 
 impl Default for Options {
@@ -123,6 +126,7 @@ impl Default for Options {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             on_ready: None,
             observe: Observability::default(),
+            peers: Peers::default(),
         }
     }
 }
@@ -140,6 +144,8 @@ pub(crate) struct Daemon {
     pub selection: Selection,
     /// Counters for `/metrics` and the in-flight progress for `status`.
     pub metrics: Arc<Metrics>,
+    /// Who may enqueue through the hook socket.
+    pub peers: Peers,
 }
 
 impl Daemon {
@@ -170,6 +176,7 @@ impl Daemon {
                 .collect(),
         };
         Arc::new(Self {
+            peers: options.peers,
             metrics,
             selection,
             svc,

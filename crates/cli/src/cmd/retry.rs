@@ -18,10 +18,24 @@ pub struct Args {
     target: Option<String>,
     /// Only these store paths (default: every waiting job).
     paths: Vec<String>,
+    /// Instead: put the spool files the daemon set aside (as holding no
+    /// request) back into the spool, to be read again (after repairing them).
+    #[arg(long, conflicts_with_all = ["target", "paths"])]
+    rejected_spool: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = Config::load(args.config.as_deref())?;
+    if args.rejected_spool {
+        let dir = cfg.spool_dir();
+        let n = nix_outbox_daemon::spool::requeue_rejected(&dir)
+            .with_context(|| format!("moving set-aside files back into {}", dir.display()))?;
+        eprintln!(
+            "{n} set-aside spool file(s) are back in {}; the daemon reads them within seconds",
+            dir.display()
+        );
+        return Ok(());
+    }
     let target = match &args.target {
         None => None,
         Some(t) => {

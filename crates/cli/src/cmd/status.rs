@@ -34,6 +34,9 @@ pub(crate) struct Snapshot {
     /// Per target, closure paths left out on purpose, by (reason, detail).
     pub skip_counts: Vec<(String, SkipCount)>,
     pub spooled: usize,
+    /// Spool files set aside because they hold no request.
+    pub rejected: Vec<PathBuf>,
+    pub spool_dir: PathBuf,
     /// The configured targets' ids, in configuration order.
     pub configured: Vec<String>,
     pub daemon: Daemon,
@@ -75,7 +78,11 @@ pub(crate) fn snapshot(cfg: &Config) -> anyhow::Result<Snapshot> {
     let spooled = nix_outbox_hook::spool::list_spool(&cfg.spool_dir())
         .map(|v| v.len())
         .unwrap_or(0);
+    let rejected = nix_outbox_daemon::spool::rejected_files(&cfg.spool_dir())
+        .with_context(|| format!("listing {}", cfg.spool_dir().join("rejected").display()))?;
     Ok(Snapshot {
+        rejected,
+        spool_dir: cfg.spool_dir(),
         now,
         status,
         done_last_hour,

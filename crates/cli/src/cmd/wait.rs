@@ -44,6 +44,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         std::thread::sleep(POLL);
     }
+    // A spool file set aside as holding no request may be a hook's request
+    // damaged on disk: its paths are not queued, so "everything is
+    // uploaded" would be a lie.
+    let rejected = nix_outbox_daemon::spool::rejected_files(&cfg.spool_dir())?;
+    if !rejected.is_empty() {
+        let listed: Vec<String> = rejected
+            .iter()
+            .map(|f| format!("  {}", f.display()))
+            .collect();
+        bail!(
+            "{} spool file(s) were set aside because they hold no request, so their paths (if \
+             any) are not queued; repair or remove them, then `nix-outbox retry \
+             --rejected-spool`:\n{}",
+            rejected.len(),
+            listed.join("\n")
+        );
+    }
     if !cfg.queue_path().exists() {
         eprintln!(
             "nothing accepted yet (no queue at {})",

@@ -20,5 +20,6 @@ mod matrix;
 mod observability;
 mod realisations;
 mod security;
+mod spool;
 mod systemd;
 mod verify;

@@ -4,43 +4,13 @@
 //! by the official Prometheus Python client's parsers (OpenMetrics and the
 //! classic text format).
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Outbox, build_via, graph_expr};
+use crate::support::{Outbox, build_via, graph_expr, http_get, metrics_address};
 use serde_json::Value;
-
-/// The daemon binds port 0; its progress file says which port it got.
-fn metrics_address(outbox: &Outbox) -> String {
-    let file = outbox.dir.path().join("state/progress.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&file) {
-            let v: Value = serde_json::from_str(&text).unwrap();
-            if let Some(a) = v["metrics_address"].as_str() {
-                return a.to_owned();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no metrics address in {}: {}",
-            file.display(),
-            outbox.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    (head.to_owned(), body.to_owned())
-}
 
 /// One parsed sample: metric sample name, labels, value.
 struct Sample {

@@ -83,6 +83,64 @@ fn only_root_enqueues_through_the_default_socket() {
     assert_eq!(requests_in_queue(&outbox), before, "nothing was enqueued");
 }
 
+/// Issue 14: a socket that lets another user connect (an abstract one, a
+/// lax mode) must still not let them enqueue: the daemon checks who is on
+/// the other end of every connection.
+#[test]
+fn another_user_is_refused_even_when_the_socket_lets_them_connect() {
+    let mut outbox = Outbox::new("zstd");
+    std::fs::set_permissions(outbox.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&outbox.config, PermissionsExt::from_mode(0o644)).unwrap();
+    let mut cfg = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&outbox.config)
+        .unwrap();
+    std::io::Write::write_all(&mut cfg, b"metrics-address = \"127.0.0.1:0\"\n").unwrap();
+    drop(cfg);
+    outbox.start(None);
+    // What an abstract socket or a careless chmod amounts to.
+    std::fs::set_permissions(outbox.socket(), PermissionsExt::from_mode(0o666)).unwrap();
+    let before = requests_in_queue(&outbox);
+
+    let out_path = format!("/nix/store/{}-not-from-root", "1".repeat(32));
+    let mut hook = Command::new(hook_bin());
+    hook.env("NIX_OUTBOX_CONFIG", &outbox.config)
+        .env("OUT_PATHS", &out_path)
+        .env_remove("DRV_PATH");
+    let res = as_nobody(&hook).output().unwrap();
+    let said = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{res:?}");
+    assert!(
+        said.contains("request refused: permission denied: uid 65534 may not enqueue uploads"),
+        "{said}"
+    );
+    assert_eq!(requests_in_queue(&outbox), before, "nothing was enqueued");
+    assert!(
+        outbox.log().contains("refused a hook connection from pid"),
+        "{}",
+        outbox.log()
+    );
+    let (_, metrics) = http_get(&metrics_address(&outbox), "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "nix_outbox_hook_requests_total{outcome=\"forbidden\"} 1"),
+        "{metrics}"
+    );
+    // Root still enqueues through the same socket.
+    let out = outbox.cli(&[
+        "push",
+        &tk::nix_build(&tk::sh_derivation(
+            "peer-ok",
+            &["out"],
+            &format!("echo {} > $out", tk::nonce()),
+        ))
+        .remove(0),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(requests_in_queue(&outbox), before + 1);
+}
+
 #[test]
 fn a_readable_secret_key_is_warned_about_loudly() {
     let mut outbox = Outbox::new("zstd");

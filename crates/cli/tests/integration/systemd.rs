@@ -252,6 +252,49 @@ fn an_inherited_socket_any_user_can_write_is_refused() {
     assert!(d.wait(&outbox).success(), "{}", outbox.log());
 }
 
+/// Issue 14: an abstract socket (`ListenStream=@name`) has no file
+/// permissions at all; the daemon refuses to start on one.
+#[test]
+fn an_inherited_abstract_socket_is_refused() {
+    use std::os::linux::net::SocketAddrExt as _;
+    let outbox = Outbox::new("zstd");
+    let name = format!("nix-outbox-test-{}", tk::nonce());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let listener = UnixListener::bind_addr(&addr).unwrap();
+    let mut d = spawn_daemon(&outbox, Some(&listener), None);
+    let status = d.wait(&outbox);
+    assert!(!status.success(), "{}", outbox.log());
+    assert!(
+        outbox
+            .log()
+            .contains("systemd passed a socket without a path (an abstract socket"),
+        "{}",
+        outbox.log()
+    );
+}
+
+/// Issue 14: a socket file owned by another user could have its mode
+/// changed by that user at any time.
+#[test]
+fn an_inherited_socket_owned_by_another_user_is_refused() {
+    let outbox = Outbox::new("zstd");
+    let listener = UnixListener::bind(outbox.socket()).unwrap();
+    chmod(&outbox.socket(), 0o600);
+    let c = std::ffi::CString::new(outbox.socket().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; nobody's uid and gid.
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    let mut d = spawn_daemon(&outbox, Some(&listener), None);
+    let status = d.wait(&outbox);
+    assert!(!status.success(), "{}", outbox.log());
+    assert!(
+        outbox
+            .log()
+            .contains("is owned by uid 65534, neither root nor the daemon's user"),
+        "{}",
+        outbox.log()
+    );
+}
+
 #[test]
 fn ready_after_listening_then_stopping_on_sigterm() {
     let outbox = Outbox::new("zstd");

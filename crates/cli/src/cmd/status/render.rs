@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::Snapshot;
 use crate::format::{human_bytes, human_duration, relative};
+use nix_outbox_daemon::spool::rejected_dir;
 
 /// One target's view: queue counts plus what the daemon says is uploading.
 struct TargetView<'a> {
@@ -77,6 +78,18 @@ pub(super) fn render(s: &Snapshot) -> String {
             "spool: {} request(s) waiting for the daemon to ingest them",
             s.spooled
         );
+    }
+    if !s.rejected.is_empty() {
+        let _ = writeln!(
+            out,
+            "spool: {} file(s) set aside in {} because they hold no request (their paths are \
+             NOT queued); repair or remove them, then `nix-outbox retry --rejected-spool`:",
+            s.rejected.len(),
+            rejected_dir(&s.spool_dir).display()
+        );
+        for f in s.rejected.iter().take(10) {
+            let _ = writeln!(out, "  {}", f.display());
+        }
     }
     if s.status.new_requests > 0 {
         let age = s
@@ -206,6 +219,7 @@ pub(super) fn to_json(s: &Snapshot) -> Value {
             "metrics_address": d.progress.as_ref().and_then(|p| p.metrics_address.clone()),
         },
         "spooled_requests": s.spooled,
+        "rejected_spool_files": s.rejected.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "new_requests": s.status.new_requests,
         "oldest_new_request_at": s.status.oldest_new_request_at,
         "failing_request": s.status.failing_request.as_ref().map(|r| json!({"id": r.id, "last_error": r.last_error})),

@@ -390,3 +390,37 @@ pub fn status_until(outbox: &Outbox, needle: &str) -> String {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// The daemon binds port 0; its progress file says which port it got.
+pub fn metrics_address(outbox: &Outbox) -> String {
+    let file = outbox.dir.path().join("state/progress.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if let Some(a) = v["metrics_address"].as_str() {
+                return a.to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics address in {}: {}",
+            file.display(),
+            outbox.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_fmt(
+        &mut s,
+        format_args!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
+    .unwrap();
+    let mut resp = String::new();
+    std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}

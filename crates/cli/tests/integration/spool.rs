@@ -1,0 +1,84 @@
+//! The spool as the daemon reads it (issue 14): a file that holds no
+//! request is set aside, never deleted, counted, and shown by `status` and
+//! `wait` until someone deals with it; `retry --rejected-spool` puts it
+//! back.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[test]
+fn a_garbage_spool_file_is_set_aside_counted_and_reported_until_dealt_with() {
+    let mut outbox = Outbox::new("zstd");
+    let mut cfg = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&outbox.config)
+        .unwrap();
+    std::io::Write::write_all(&mut cfg, b"metrics-address = \"127.0.0.1:0\"\n").unwrap();
+    drop(cfg);
+    let spool = outbox.dir.path().join("state/spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    std::fs::write(spool.join("0000-garbage.req"), "not a request\n").unwrap();
+    outbox.start(None);
+    let set_aside = spool.join("rejected/0000-garbage.req");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !set_aside.exists() {
+        assert!(Instant::now() < deadline, "not set aside: {}", outbox.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = http_get(&metrics_address(&outbox), "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "nix_outbox_spool_requests_total{outcome=\"rejected\"} 1"),
+        "{metrics}"
+    );
+
+    let status = outbox.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("1 file(s) set aside") && text.contains("0000-garbage.req"),
+        "{text}"
+    );
+    assert_eq!(
+        outbox.status_json()["rejected_spool_files"][0]
+            .as_str()
+            .unwrap(),
+        set_aside.display().to_string()
+    );
+    let wait = outbox.cli(&["wait", "--timeout", "30"]);
+    let said = String::from_utf8_lossy(&wait.stderr);
+    assert!(
+        !wait.status.success(),
+        "wait must not say all is uploaded: {said}"
+    );
+    assert!(
+        said.contains("set aside") && said.contains("0000-garbage.req"),
+        "{said}"
+    );
+
+    // Put back, it is read again (and, still garbage, set aside again).
+    let retry = outbox.cli(&["retry", "--rejected-spool"]);
+    assert!(retry.status.success(), "{retry:?}");
+    assert!(
+        String::from_utf8_lossy(&retry.stderr).contains("1 set-aside spool file(s) are back"),
+        "{retry:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = http_get(&metrics_address(&outbox), "/metrics");
+        if metrics
+            .lines()
+            .any(|l| l == "nix_outbox_spool_requests_total{outcome=\"rejected\"} 2")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not read again: {metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(set_aside.exists());
+    // Removed by hand: `wait` has nothing left to object to.
+    std::fs::remove_file(&set_aside).unwrap();
+    let wait = outbox.cli(&["wait", "--timeout", "30"]);
+    assert!(wait.status.success(), "{wait:?}");
+}
