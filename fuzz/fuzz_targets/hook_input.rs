@@ -28,12 +28,14 @@ fuzz_target!(|data: &[u8]| {
         &sd,
     );
     if !parsed.request.is_empty() {
-        assert!(parsed.request.fits(&sd));
-        let bytes = parsed.request.encode(&sd);
-        assert_eq!(
-            decode(&bytes, &sd).expect("parsed input must decode"),
-            parsed.request
-        );
+        for req in std::iter::once(&parsed.request).chain(&parsed.more) {
+            assert!(req.fits(&sd));
+            let bytes = req.encode(&sd);
+            assert_eq!(
+                &decode(&bytes, &sd).expect("parsed input must decode"),
+                req
+            );
+        }
     }
 
     if let Ok(req) = decode(data, &sd) {

@@ -23,6 +23,9 @@ const MAX_PROBLEM_LEN: usize = 200;
 #[derive(Debug, Default)]
 pub struct ParsedInput {
     pub request: HookRequest,
+    /// Further requests, when the paths do not fit in one and no
+    /// derivation names them (see [`fit`]); usually empty.
+    pub more: Vec<HookRequest>,
     /// Human-readable, at most [`MAX_NOTED_PROBLEMS`] + 1 entries.
     pub problems: Vec<String>,
     /// How many values (paths or whole variables) were dropped in total.
@@ -61,6 +64,7 @@ pub fn parse_env(
     if let Some(outs) = out_paths {
         parse_outs(&mut parsed, outs.as_bytes(), sd);
     }
+    fit(&mut parsed, sd);
     if parsed.request.is_empty() && parsed.dropped == 0 {
         parsed.problems.push(
             "neither DRV_PATH nor OUT_PATHS names a path \
@@ -101,9 +105,7 @@ fn parse_outs(parsed: &mut ParsedInput, value: &[u8], sd: &StoreDir) {
         ));
         return;
     }
-    let mut size = parsed.request.encoded_len(sd);
     let mut seen = HashSet::new();
-    let mut over_limit = 0usize;
     for token in value
         .split(u8::is_ascii_whitespace)
         .filter(|t| !t.is_empty())
@@ -128,24 +130,41 @@ fn parse_outs(parsed: &mut ParsedInput, value: &[u8], sd: &StoreDir) {
         if seen.contains(&p) {
             continue;
         }
-        // Both limits keep the request decodable by the daemon; with a drv
-        // in the request the daemon can still find the dropped outputs.
-        let line = "out ".len() + sd.display(&p).len() + 1;
-        if parsed.request.out_paths.len() == MAX_OUT_PATHS || size + line > MAX_REQUEST_BYTES {
-            over_limit += 1;
-            continue;
-        }
-        size += line;
         seen.insert(p.clone());
         parsed.request.out_paths.push(p);
     }
-    if over_limit > 0 {
-        parsed.note(format!(
-            "ignored {over_limit} paths beyond the per-request limit \
-             ({MAX_OUT_PATHS} paths, {MAX_REQUEST_BYTES} bytes)"
-        ));
-        parsed.dropped += over_limit - 1;
+}
+
+/// Keeps every path within the protocol's limits ([`MAX_OUT_PATHS`] paths,
+/// [`MAX_REQUEST_BYTES`] bytes per request) without dropping one. With a
+/// derivation (Nix always names it), the request carries the derivation
+/// alone and the daemon resolves all its outputs, as it does for Nix
+/// 2.8.0's empty `OUT_PATHS`. Without one, the paths are split over as many
+/// requests as they need.
+fn fit(parsed: &mut ParsedInput, sd: &StoreDir) {
+    let req = &mut parsed.request;
+    if req.is_empty() || req.fits(sd) {
+        return;
     }
+    if req.drv_path.is_some() {
+        req.out_paths.clear();
+        return;
+    }
+    let mut requests = vec![HookRequest::default()];
+    let empty = HookRequest::default().encoded_len(sd);
+    let mut size = empty;
+    for p in std::mem::take(&mut req.out_paths) {
+        let line = "out ".len() + sd.display(&p).len() + 1;
+        let last = requests.last_mut().expect("never empty");
+        if last.out_paths.len() == MAX_OUT_PATHS || size + line > MAX_REQUEST_BYTES {
+            requests.push(HookRequest::default());
+            size = empty;
+        }
+        size += line;
+        requests.last_mut().expect("never empty").out_paths.push(p);
+    }
+    parsed.request = requests.remove(0);
+    parsed.more = requests;
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -272,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn too_many_paths_are_capped_and_the_rest_still_decodes() {
+    fn too_many_paths_are_split_into_requests_that_each_decode() {
         let mut outs = String::new();
         for i in 0..1500 {
             // Distinct hashes: vary the first characters.
@@ -282,9 +301,19 @@ mod tests {
         let sd = StoreDir::default();
         let p = parse_env(None, Some(OsStr::new(&outs)), &sd);
         assert_eq!(p.request.out_paths.len(), MAX_OUT_PATHS);
-        assert_eq!(p.dropped, 1500 - MAX_OUT_PATHS);
-        assert!(p.problems[0].contains("beyond the per-request limit"));
-        assert_eq!(decode(&p.request.encode(&sd), &sd).unwrap(), p.request);
+        assert_eq!(p.more.len(), 1);
+        assert_eq!(p.more[0].out_paths.len(), 1500 - MAX_OUT_PATHS);
+        assert_eq!((p.dropped, p.problems.len()), (0, 0), "{:?}", p.problems);
+        for r in std::iter::once(&p.request).chain(&p.more) {
+            assert_eq!(&decode(&r.encode(&sd), &sd).unwrap(), r);
+        }
+        // Issue 14: with the derivation, it alone is sent, and the daemon
+        // resolves every output from it (nothing is dropped).
+        let drv = format!("/nix/store/{H1}-x.drv");
+        let p = parse_env(Some(OsStr::new(&drv)), Some(OsStr::new(&outs)), &sd);
+        assert!(p.request.out_paths.is_empty() && p.more.is_empty());
+        assert_eq!(p.request.drv_path.as_ref().unwrap().as_str(), &drv[11..]);
+        assert_eq!((p.dropped, p.problems.len()), (0, 0));
 
         // Long names hit the byte limit before the count limit.
         let name = "n".repeat(200);
@@ -295,7 +324,9 @@ mod tests {
         }
         let p = parse_env(None, Some(OsStr::new(&long)), &sd);
         assert!(p.request.out_paths.len() < 400);
-        assert!(p.request.fits(&sd));
+        let all: Vec<_> = std::iter::once(&p.request).chain(&p.more).collect();
+        assert!(all.iter().all(|r| r.fits(&sd)));
+        assert_eq!(all.iter().map(|r| r.out_paths.len()).sum::<usize>(), 400);
     }
 
     #[test]

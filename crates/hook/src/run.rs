@@ -35,52 +35,74 @@ pub fn run(
     let sd = &config.store_dir;
     let parsed = parse_env(drv_path, out_paths, sd);
     problems.extend(parsed.problems);
-    let req = parsed.request;
     let also = if problems.is_empty() {
         String::new()
     } else {
         format!("; also: {}", problems.join("; "))
     };
-    if req.is_empty() {
+    if parsed.request.is_empty() {
         return Some(format!(
             "nix-outbox-hook: nothing to queue: {}",
             problems.join("; ")
         ));
     }
-    let what = describe(&req, sd);
-    let err = match send(&config.socket, &req, sd, config.hook_timeout) {
-        Ok(_) if problems.is_empty() => return None,
-        Ok(id) => {
-            return Some(format!(
-                "nix-outbox-hook: queued {what} (request {id}), but: {}",
-                problems.join("; ")
-            ));
+    // Usually one request; several only for more paths than one may hold.
+    let requests: Vec<HookRequest> = std::iter::once(parsed.request).chain(parsed.more).collect();
+    let mut ids = Vec::new();
+    let mut err = None;
+    for req in &requests {
+        match send(&config.socket, req, sd, config.hook_timeout) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
         }
-        Err(e) => e,
+    }
+    let Some(err) = err else {
+        if problems.is_empty() {
+            return None;
+        }
+        let what = describe(&requests, sd);
+        let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+        return Some(format!(
+            "nix-outbox-hook: queued {what} (request {}), but: {}",
+            ids.join(", "),
+            problems.join("; ")
+        ));
     };
+    // What the daemon did not take is spooled, every request of it.
+    let rest = &requests[ids.len()..];
+    let what = describe(rest, sd);
     let socket = config.socket.display();
     let why = match &err {
         SendError::Connect(_) => format!("daemon unavailable at {socket} ({err})"),
         _ => format!("daemon at {socket} did not take the request ({err})"),
     };
     let spool = config.spool_dir();
-    match write_spool(&spool, &req, sd) {
-        Ok(_) => Some(format!(
-            "nix-outbox-hook: {why}; queued {what} in {}{also}",
-            spool.display()
-        )),
-        Err(e) => Some(format!(
-            "nix-outbox-hook: {why}, and queueing failed ({e}): {what} NOT queued; \
-             once fixed, run: nix-outbox push {}{also}",
-            push_args(&req, sd)
-        )),
+    for (i, req) in rest.iter().enumerate() {
+        if let Err(e) = write_spool(&spool, req, sd) {
+            let unqueued = &rest[i..];
+            return Some(format!(
+                "nix-outbox-hook: {why}, and queueing failed ({e}): {} NOT queued; \
+                 once fixed, run: nix-outbox push {}{also}",
+                describe(unqueued, sd),
+                push_args(unqueued, sd)
+            ));
+        }
     }
+    Some(format!(
+        "nix-outbox-hook: {why}; queued {what} in {}{also}",
+        spool.display()
+    ))
 }
 
 /// "1 path", "3 paths", or for a drv-only request (Nix 2.8.0 leaves
-/// OUT_PATHS empty) "the outputs of /nix/store/…drv".
-fn describe(req: &HookRequest, sd: &StoreDir) -> String {
-    match (req.out_paths.len(), &req.drv_path) {
+/// OUT_PATHS empty; or the outputs were too many to list)
+/// "the outputs of /nix/store/…drv".
+fn describe(requests: &[HookRequest], sd: &StoreDir) -> String {
+    let paths: usize = requests.iter().map(|r| r.out_paths.len()).sum();
+    match (paths, requests.first().and_then(|r| r.drv_path.as_ref())) {
         (0, Some(drv)) => format!("the outputs of {}", sd.display(drv)),
         (1, _) => "1 path".to_owned(),
         (n, _) => format!("{n} paths"),
@@ -89,15 +111,16 @@ fn describe(req: &HookRequest, sd: &StoreDir) -> String {
 
 /// What to pass `nix-outbox push` by hand: the paths if they are few,
 /// else a command that lists the derivation's outputs.
-fn push_args(req: &HookRequest, sd: &StoreDir) -> String {
-    let listed = req
-        .out_paths
+fn push_args(requests: &[HookRequest], sd: &StoreDir) -> String {
+    let listed = requests
         .iter()
+        .flat_map(|r| &r.out_paths)
         .map(|p| sd.display(p))
         .collect::<Vec<_>>()
         .join(" ");
-    match &req.drv_path {
-        Some(drv) if req.out_paths.is_empty() || listed.len() > MAX_LISTED => {
+    let drv = requests.first().and_then(|r| r.drv_path.as_ref());
+    match drv {
+        Some(drv) if listed.is_empty() || listed.len() > MAX_LISTED => {
             format!("$(nix-store -q --outputs {})", sd.display(drv))
         }
         _ if listed.len() > MAX_LISTED => format!("{} ...", truncate(&listed, MAX_LISTED)),

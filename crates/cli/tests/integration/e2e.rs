@@ -332,3 +332,35 @@ fn check_config_explains_and_rejects() {
         "{text}"
     );
 }
+
+/// Issue 14: a derivation with more outputs than one hook request holds
+/// (1,024 paths, 64 KiB). Nix 2.26 and newer fill OUT_PATHS; the hook used
+/// to drop the outputs past the limit. Runs on every Nix of the matrix.
+#[test]
+fn a_derivation_with_1100_outputs_reaches_the_cache_whole() {
+    let mut outbox = Outbox::new("zstd");
+    let nix = outbox.nix_daemon();
+    outbox.start(Some(&nix.socket));
+    let names: Vec<String> = std::iter::once("out".to_owned())
+        .chain((1..1100).map(|i| format!("o{i}")))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let expr = tk::sh_derivation(
+        &format!("many-{}", tk::nonce()),
+        &names,
+        r#"for o in $outputs; do eval "echo $o > \$$o"; done"#,
+    );
+    // Every output, not just `out`, so nix-build lists them all.
+    let expr = format!("(d: map (o: builtins.getAttr o d) d.outputs) ({expr})");
+    let outs = build_via(&nix, &expr);
+    assert_eq!(outs.len(), 1100);
+    outbox.wait();
+    let missing: Vec<&String> = outs.iter().filter(|p| !outbox.has(p)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of 1100 outputs missing from the cache, e.g. {:?}\n{}",
+        missing.len(),
+        missing.first(),
+        outbox.log()
+    );
+}

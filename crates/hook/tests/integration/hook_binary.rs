@@ -309,3 +309,51 @@ fn custom_store_dir_is_honoured() {
     assert_eq!(sd.display(&req.out_paths[0]), p);
     assert!(Path::new(&s.config).exists());
 }
+
+/// 1,100 distinct output paths, as a derivation with that many outputs has.
+fn many_outputs() -> String {
+    (0..1100)
+        .map(|i| out_path(&format!("{i:0>5}{}", &H2[5..]), "many"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Issue 14: past 1024 outputs (or 64 KiB) the hook used to drop the rest.
+/// With the derivation, it sends the derivation alone, and the daemon
+/// resolves every output from it.
+#[test]
+fn more_outputs_than_a_request_holds_send_the_drv_alone() {
+    let s = Setup::new();
+    let h = daemon(s.listen(), |s| s.write_all(b"ok 1\n").unwrap());
+    let out = s.run(&[
+        ("DRV_PATH", os(&drv_path())),
+        ("OUT_PATHS", os(&many_outputs())),
+    ]);
+    assert_eq!(stderr(&out), "");
+    let frame = String::from_utf8(h.join().unwrap()).unwrap();
+    assert_eq!(
+        frame,
+        format!("nix-outbox-hook 1\ndrv {}\nend\n", drv_path())
+    );
+}
+
+/// Without a derivation, the paths are split over requests that each fit;
+/// none is dropped, and what the daemon does not take is spooled.
+#[test]
+fn more_outputs_without_a_drv_are_split_and_all_spooled() {
+    let s = Setup::new();
+    let out = s.run(&[("OUT_PATHS", os(&many_outputs()))]);
+    assert!(
+        stderr(&out).contains("queued 1100 paths in"),
+        "{}",
+        stderr(&out)
+    );
+    let sd = StoreDir::default();
+    let files = s.spooled();
+    assert_eq!(files.len(), 2);
+    let total: usize = files
+        .iter()
+        .map(|f| read_spool_file(f, &sd).unwrap().out_paths.len())
+        .sum();
+    assert_eq!(total, 1100);
+}
