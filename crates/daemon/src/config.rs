@@ -141,7 +141,12 @@ impl Config {
     }
 
     /// Creates the state directory and spool (mode 0700: the queue and the
-    /// spool say what was built, which is nobody else's business).
+    /// spool say what was built, which is nobody else's business), and
+    /// refuses them, and the default key directory, when another user owns
+    /// them or may write in them: that user could read or swap the signing
+    /// key, plant spool requests or edit the queue. (A non-root daemon's
+    /// fallback, `/tmp/nix-outbox-<uid>`, is where someone else could have
+    /// made the directory first.)
     pub fn ensure_state_dir(&self) -> anyhow::Result<()> {
         for dir in [self.state_dir.clone(), self.spool_dir()] {
             if !dir.exists() {
@@ -152,6 +157,10 @@ impl Config {
                     std::os::unix::fs::PermissionsExt::from_mode(0o700),
                 )?;
             }
+            check_private_dir(&dir)?;
+        }
+        if self.keys_dir().exists() {
+            check_private_dir(&self.keys_dir())?;
         }
         Ok(())
     }
@@ -172,6 +181,33 @@ impl Config {
     pub fn keys_dir(&self) -> PathBuf {
         self.state_dir.join("keys")
     }
+}
+
+/// Refuses a directory of ours that another user owns or may write in.
+pub fn check_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+    let us = nix_outbox_config::effective_uid();
+    if meta.uid() != us {
+        anyhow::bail!(
+            "{} is owned by uid {}, not by the daemon's user (uid {us}): whoever owns it could read \
+             or replace the signing key, plant spool requests or edit the queue; remove it so \
+             that the daemon creates its own, or chown it to uid {us} if it is yours",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        anyhow::bail!(
+            "{} is writable by other users (mode {mode:04o}): they could plant spool requests or \
+             replace files; run chmod go-w {}",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -236,6 +272,41 @@ mod tests {
             e.contains("stop-timeout-secs") && e.contains("TimeoutStopSec"),
             "{e}"
         );
+    }
+
+    /// Issue 14: a non-root daemon's fallback state dir is in /tmp, where
+    /// another user could have made it first.
+    #[test]
+    fn a_state_dir_of_another_user_or_writable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let c = Config::from_toml(&format!("state-dir = {:?}\n", state), "t").unwrap();
+        c.ensure_state_dir().unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = c.ensure_state_dir().unwrap_err().to_string();
+        assert!(
+            e.contains("writable by other users") && e.contains("0777"),
+            "{e}"
+        );
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let path = std::ffi::CString::new(state.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; nobody's uid, group unchanged.
+        assert_eq!(unsafe { libc::chown(path.as_ptr(), 65534, u32::MAX) }, 0);
+        let e = c.ensure_state_dir().unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        // The spool and the default key dir are checked the same way.
+        // SAFETY: as above, back to us.
+        let us = nix_outbox_config::effective_uid();
+        assert_eq!(unsafe { libc::chown(path.as_ptr(), us, u32::MAX) }, 0);
+        std::fs::set_permissions(c.spool_dir(), std::fs::Permissions::from_mode(0o733)).unwrap();
+        let e = c.ensure_state_dir().unwrap_err().to_string();
+        assert!(e.contains("spool") && e.contains("writable"), "{e}");
+        std::fs::set_permissions(c.spool_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::create_dir(c.keys_dir()).unwrap();
+        std::fs::set_permissions(c.keys_dir(), std::fs::Permissions::from_mode(0o770)).unwrap();
+        let e = c.ensure_state_dir().unwrap_err().to_string();
+        assert!(e.contains("keys") && e.contains("writable"), "{e}");
     }
 
     #[test]

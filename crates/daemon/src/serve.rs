@@ -37,11 +37,23 @@ async fn serve_async(cfg: Config, inherited: Option<InheritedSocket>) -> anyhow:
         eprintln!("{}", keys::nix_conf_advice(&cfg, &keys));
     }
     for t in &cfg.targets {
-        // Like `nix copy --to file://DIR`, a missing cache directory is
-        // created (once, at start; uploads never create it).
-        if let TargetLocation::File { root } = &t.location {
+        let TargetLocation::File { root } = &t.location else {
+            continue;
+        };
+        // Only the embedded default cache, inside our own state dir, is
+        // created. A configured directory that is missing may be a mount
+        // point whose filesystem is not mounted (yet): creating it would
+        // fill the disk below. Its uploads wait, retried, until it exists.
+        if cfg.default_target && root.starts_with(&cfg.state_dir) {
             std::fs::create_dir_all(root)
                 .with_context(|| format!("cannot create the cache directory {}", root.display()))?;
+        } else if !root.is_dir() {
+            tracing::error!(
+                "the cache directory {} does not exist: uploads to it wait, and are retried, until \
+                 it does; create it (or mount its filesystem). nix-outbox never creates it, so an \
+                 unmounted filesystem is not filled by mistake",
+                root.display()
+            );
         }
     }
     let queue = Queue::open(&cfg.queue_path())?;

@@ -355,4 +355,30 @@ mod tests {
         assert!(msg.contains(&path.display().to_string()), "{msg}");
         assert!(msg.contains("move it aside"), "{msg}");
     }
+
+    /// Issue 14: an acknowledgement is a promise that the request survives
+    /// a power cut, which holds only with WAL and `synchronous=FULL` on the
+    /// very connection that commits (SQLite's default in WAL mode is
+    /// NORMAL, which may lose the last commits).
+    #[test]
+    fn the_queue_connection_commits_with_wal_and_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = crate::Queue::open(&dir.path().join("q.sqlite")).unwrap();
+        let mode: String = q
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode.to_ascii_lowercase(), "wal");
+        // 2 is FULL (0 OFF, 1 NORMAL, 3 EXTRA).
+        let sync: i64 = q
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous must be FULL");
+        let fk: i64 = q
+            .conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+    }
 }

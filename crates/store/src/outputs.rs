@@ -72,7 +72,7 @@ pub async fn outputs_from_drv_file(
     drv: &StorePath,
 ) -> Result<BTreeSet<StorePath>, StoreError> {
     let full = sd.display(drv);
-    let bytes = tokio::fs::read(&full)
+    let bytes = read_capped(&full, derivation::MAX_DRV_SIZE)
         .await
         .map_err(|e| StoreError::Derivation {
             path: full.clone(),
@@ -83,4 +83,38 @@ pub async fn outputs_from_drv_file(
         detail: e.to_string(),
     })?;
     Ok(outs.into_iter().filter_map(|o| o.path).collect())
+}
+
+/// Reads at most `max + 1` bytes of `path`: a file over `max` is then
+/// refused by the parser's own limit without being read whole first (a
+/// `.drv` named by a request could be any size).
+async fn read_capped(path: &str, max: usize) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut bytes).await?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod capped_tests {
+    use super::*;
+
+    /// Issue 14: the whole file used to be read before the 64 MiB limit.
+    #[tokio::test]
+    async fn an_oversized_file_is_read_only_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.drv");
+        // Sparse: a terabyte-sized file costs nothing on disk.
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(1 << 40).unwrap();
+        let bytes = read_capped(path.to_str().unwrap(), 1000).await.unwrap();
+        assert_eq!(bytes.len(), 1001);
+        let small = dir.path().join("small.drv");
+        std::fs::write(&small, "Derive(").unwrap();
+        assert_eq!(
+            read_capped(small.to_str().unwrap(), 1000).await.unwrap(),
+            b"Derive("
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 
-use crate::support::{Outbox, build_via, graph_expr};
+use crate::support::{Outbox, build_via, graph_expr, status_until};
 use nix_outbox_testkit as tk;
 
 /// Deletes `paths` locally, then substitutes them back from the cache.
@@ -363,4 +363,34 @@ fn a_derivation_with_1100_outputs_reaches_the_cache_whole() {
         missing.first(),
         outbox.log()
     );
+}
+
+/// Issue 14: a configured file:// cache that is missing (an unmounted mount
+/// point, say) is never created by the daemon; its uploads wait, retried,
+/// and land once the directory is there.
+#[test]
+fn a_missing_configured_cache_is_never_created_and_filled_once_it_exists() {
+    let mut outbox = Outbox::new("zstd");
+    std::fs::remove_dir(&outbox.cache).unwrap();
+    outbox.start(None);
+    assert!(
+        outbox.log().contains("does not exist: uploads to it wait"),
+        "{}",
+        outbox.log()
+    );
+    let path = tk::nix_build(&tk::sh_derivation(
+        "unmounted",
+        &["out"],
+        &format!("echo {} > $out", tk::nonce()),
+    ))
+    .remove(0);
+    let out = outbox.cli(&["push", &path]);
+    assert!(out.status.success(), "{out:?}");
+    let text = status_until(&outbox, "Create the cache directory");
+    assert!(!outbox.cache.exists(), "the daemon created it:\n{text}");
+    std::fs::create_dir(&outbox.cache).unwrap();
+    let out = outbox.cli(&["retry"]);
+    assert!(out.status.success(), "{out:?}");
+    outbox.wait();
+    assert!(outbox.has(&path), "{}", outbox.log());
 }

@@ -34,6 +34,9 @@ fn matrix_upload() {
     let dir = matrix_dir().join(&version);
     std::fs::create_dir_all(&dir).unwrap();
     let caches: Vec<PathBuf> = COMPRESSIONS.iter().map(|c| dir.join(c)).collect();
+    for c in &caches {
+        std::fs::create_dir_all(c).unwrap();
+    }
     let targets: Vec<String> = COMPRESSIONS
         .iter()
         .zip(&caches)

@@ -119,6 +119,7 @@ fn metrics_status_and_push_progress() {
         let o = Outbox::with_targets(
             |cache| {
                 let dir = cache.parent().unwrap().join("broken");
+                std::fs::create_dir(&dir).unwrap();
                 b = Some(dir.clone());
                 vec![
                     format!("file://{}?compression=zstd", cache.display()),

@@ -93,6 +93,9 @@ impl Outbox {
                 .arg(&pk),
         );
         let cache = d.join("cache");
+        // As a user makes their cache directory: the daemon never creates
+        // a configured one (it may be an unmounted mount point).
+        std::fs::create_dir(&cache).unwrap();
         let targets: Vec<String> = targets(&cache).iter().map(|t| format!("{t:?}")).collect();
         let config = d.join("config.toml");
         std::fs::write(
