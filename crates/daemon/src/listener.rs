@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix_outbox_hook::protocol::{self, MAX_REQUEST_BYTES, Reply};
+use nix_outbox_hook::unresponsive;
 use nix_outbox_queue::Source;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
@@ -166,6 +167,10 @@ async fn handle(d: Arc<Daemon>, commits: mpsc::Sender<Pending>, mut stream: Unix
         Ok(()) => receive(&d, &commits, &mut stream).await,
     };
     let Some(reply) = reply else { return };
+    if matches!(reply, Reply::Ok(_)) {
+        // Answering again: hooks that saw us hang may use the socket.
+        unresponsive::clear(&d.svc.spool_dir);
+    }
     d.metrics
         .hook_request(matches!(reply, Reply::Ok(_)), connected.elapsed());
     reply_and_close(&mut stream, reply).await;

@@ -38,6 +38,9 @@ pub async fn run(
     let (stop_timeout, on_ready) = (options.stop_timeout, options.on_ready.take());
     let observe = std::mem::take(&mut options.observe);
     let d = Daemon::new(svc, options);
+    // A fresh daemon answers: hooks that saw an earlier one hang may use
+    // the socket at once.
+    nix_outbox_hook::unresponsive::clear(&d.svc.spool_dir);
     for t in &d.svc.targets {
         t.target
             .ensure_cache_info(&d.svc.store_dir)

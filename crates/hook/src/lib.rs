@@ -14,5 +14,6 @@ pub mod input;
 pub mod protocol;
 pub mod run;
 pub mod spool;
+pub mod unresponsive;
 
 pub use protocol::{FrameError, HookRequest, Reply};

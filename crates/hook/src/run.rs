@@ -2,6 +2,7 @@
 //! it prints, so the whole flow is testable without spawning it.
 
 use std::ffi::OsStr;
+use std::time::SystemTime;
 
 use nix_outbox_core::StoreDir;
 
@@ -10,6 +11,7 @@ use crate::config::HookConfig;
 use crate::input::parse_env;
 use crate::protocol::{HookRequest, truncate};
 use crate::spool::write_spool;
+use crate::unresponsive::{MARKER_TTL, mark_unresponsive, recently_unresponsive};
 
 /// Longest line the hook prints; Nix shows it to whoever ran the build.
 const MAX_LINE: usize = 2000;
@@ -48,18 +50,36 @@ pub fn run(
     }
     // Usually one request; several only for more paths than one may hold.
     let requests: Vec<HookRequest> = std::iter::once(parsed.request).chain(parsed.more).collect();
+    let socket = config.socket.display();
+    let spool = config.spool_dir();
     let mut ids = Vec::new();
-    let mut err = None;
-    for req in &requests {
-        match send(&config.socket, req, sd, config.hook_timeout) {
-            Ok(id) => ids.push(id),
-            Err(e) => {
-                err = Some(e);
-                break;
+    let mut why = None;
+    let mut timed_out = false;
+    let now = SystemTime::now();
+    if let Some(at) = recently_unresponsive(&spool, now) {
+        // A hung daemon would make every build wait the whole timeout.
+        let ago = now.duration_since(at).unwrap_or_default().as_secs();
+        why = Some(format!(
+            "daemon at {socket} did not answer a hook {ago}s ago, so this one does not wait for \
+             it (hooks try again {}s after that, or as soon as it answers)",
+            MARKER_TTL.as_secs()
+        ));
+    } else {
+        for req in &requests {
+            match send(&config.socket, req, sd, config.hook_timeout) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    timed_out = matches!(e, SendError::TimedOut(_));
+                    why = Some(match &e {
+                        SendError::Connect(_) => format!("daemon unavailable at {socket} ({e})"),
+                        _ => format!("daemon at {socket} did not take the request ({e})"),
+                    });
+                    break;
+                }
             }
         }
     }
-    let Some(err) = err else {
+    let Some(why) = why else {
         if problems.is_empty() {
             return None;
         }
@@ -74,27 +94,34 @@ pub fn run(
     // What the daemon did not take is spooled, every request of it.
     let rest = &requests[ids.len()..];
     let what = describe(rest, sd);
-    let socket = config.socket.display();
-    let why = match &err {
-        SendError::Connect(_) => format!("daemon unavailable at {socket} ({err})"),
-        _ => format!("daemon at {socket} did not take the request ({err})"),
-    };
-    let spool = config.spool_dir();
-    for (i, req) in rest.iter().enumerate() {
-        if let Err(e) = write_spool(&spool, req, sd) {
-            let unqueued = &rest[i..];
-            return Some(format!(
-                "nix-outbox-hook: {why}, and queueing failed ({e}): {} NOT queued; \
-                 once fixed, run: nix-outbox push {}{also}",
-                describe(unqueued, sd),
-                push_args(unqueued, sd)
-            ));
-        }
+    let spooled = spool_all(&spool, rest, sd);
+    if timed_out {
+        mark_unresponsive(&spool);
     }
-    Some(format!(
-        "nix-outbox-hook: {why}; queued {what} in {}{also}",
-        spool.display()
-    ))
+    match spooled {
+        Ok(()) => Some(format!(
+            "nix-outbox-hook: {why}; queued {what} in {}{also}",
+            spool.display()
+        )),
+        Err((unqueued, e)) => Some(format!(
+            "nix-outbox-hook: {why}, and queueing failed ({e}): {} NOT queued; \
+             once fixed, run: nix-outbox push {}{also}",
+            describe(unqueued, sd),
+            push_args(unqueued, sd)
+        )),
+    }
+}
+
+/// Spools every request, or returns those not spooled and why.
+fn spool_all<'a>(
+    spool: &std::path::Path,
+    requests: &'a [HookRequest],
+    sd: &StoreDir,
+) -> Result<(), (&'a [HookRequest], crate::spool::SpoolError)> {
+    for (i, req) in requests.iter().enumerate() {
+        write_spool(spool, req, sd).map_err(|e| (&requests[i..], e))?;
+    }
+    Ok(())
 }
 
 /// "1 path", "3 paths", or for a drv-only request (Nix 2.8.0 leaves

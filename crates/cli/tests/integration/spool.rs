@@ -82,3 +82,31 @@ fn a_garbage_spool_file_is_set_aside_counted_and_reported_until_dealt_with() {
     let wait = outbox.cli(&["wait", "--timeout", "30"]);
     assert!(wait.status.success(), "{wait:?}");
 }
+
+/// Issue 14: hooks that saw the daemon hang spool without connecting until
+/// it answers again; the daemon says so by removing their marker, at start
+/// and whenever it acknowledges a request.
+#[test]
+fn the_daemon_clears_the_unresponsive_marker_when_it_answers() {
+    let mut outbox = Outbox::new("zstd");
+    let spool = outbox.dir.path().join("state/spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let marker = nix_outbox_hook::unresponsive::marker_path(&spool);
+    std::fs::write(&marker, "").unwrap();
+    outbox.start(None);
+    assert!(!marker.exists(), "not cleared at start");
+    std::fs::write(&marker, "").unwrap();
+    let path = nix_outbox_testkit::nix_build(&nix_outbox_testkit::sh_derivation(
+        "marker",
+        &["out"],
+        &format!("echo {} > $out", nix_outbox_testkit::nonce()),
+    ))
+    .remove(0);
+    let out = outbox.cli(&["push", &path]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("queued directly"),
+        "push went through the socket: {out:?}"
+    );
+    assert!(!marker.exists(), "not cleared by an acknowledgement");
+}

@@ -184,6 +184,44 @@ fn hung_daemon_costs_only_the_timeout_then_spools() {
     h.join().unwrap();
 }
 
+/// Issue 14: with the daemon hung, every build used to wait the whole
+/// timeout. After one timeout the next hooks spool without connecting,
+/// until the daemon answers (it removes the marker) or the marker ages.
+#[test]
+fn after_one_timeout_the_next_hooks_spool_without_connecting() {
+    let s = Setup::new();
+    let listener = s.listen();
+    // Nobody accepts: connections wait in the backlog, as with a daemon
+    // stopped by SIGSTOP.
+    let out = s.run(&[("OUT_PATHS", os(&out_path(H1, "a")))]);
+    assert!(
+        stderr(&out).contains("no acknowledgement within 300 ms"),
+        "{}",
+        stderr(&out)
+    );
+    let (first, _) = listener.accept().unwrap();
+    drop(first);
+    let marker = nix_outbox_hook::unresponsive::marker_path(&s.spool());
+    assert!(marker.exists());
+    for name in ["b", "c"] {
+        let out = s.run(&[("OUT_PATHS", os(&out_path(H2, name)))]);
+        let err = stderr(&out);
+        assert!(
+            err.contains("did not answer a hook") && err.contains("queued 1 path in"),
+            "{err}"
+        );
+        assert_no_connection(&listener);
+    }
+    assert_eq!(s.spooled().len(), 3);
+    // The daemon answered someone (it clears the marker): hooks connect again.
+    nix_outbox_hook::unresponsive::clear(&s.spool());
+    listener.set_nonblocking(false).unwrap();
+    let h = daemon(listener, |s| s.write_all(b"ok 9\n").unwrap());
+    let out = s.run(&[("OUT_PATHS", os(&out_path(H1, "d")))]);
+    assert_eq!(stderr(&out), "");
+    h.join().unwrap();
+}
+
 #[test]
 fn refusing_daemon_means_spooled() {
     let s = Setup::new();
