@@ -80,6 +80,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     hook_requests: Family<OutcomeLabels, Counter>,
     spool_requests: Family<OutcomeLabels, Counter>,
+    queue_write_refusals: Counter,
     upload_duration: HistogramFamily,
     hook_latency: Histogram,
     /// Jobs being uploaded now, with their byte counts.
@@ -109,6 +110,7 @@ impl Metrics {
             failures: Family::default(),
             hook_requests: Family::default(),
             spool_requests: Family::default(),
+            queue_write_refusals: Counter::default(),
             upload_duration: Family::new_with_constructor(upload_histogram),
             // 0.5 ms … ~5 s: a group-committed fsync to the hook's timeout.
             hook_latency: Histogram::new(exponential_buckets(0.0005, 2.5, 11)),
@@ -160,13 +162,18 @@ impl Metrics {
         );
         registry.register(
             "hook_requests",
-            "Hook connections with a request: accepted (committed) or refused (malformed, too slow, or the commit failed)",
+            "Hook connections with a request: accepted (committed), refused (malformed, too slow, or the commit failed), or forbidden (a user who may not enqueue)",
             m.hook_requests.clone(),
         );
         registry.register(
             "spool_requests",
             "Spooled requests: ingested into the queue, or rejected (unreadable, moved to spool/rejected)",
             m.spool_requests.clone(),
+        );
+        registry.register(
+            "queue_write_refusals",
+            "Queue writes the queue refused (full disk, a foreign write lock); each is retried until it lands",
+            m.queue_write_refusals.clone(),
         );
         registry.register_with_unit(
             "upload_duration",
@@ -201,7 +208,7 @@ impl Metrics {
             }
             let _ = m.upload_duration.get_or_create(&l);
         }
-        for outcome in ["accepted", "refused"] {
+        for outcome in ["accepted", "refused", "forbidden"] {
             let _ = m.hook_requests.get_or_create(&OutcomeLabels { outcome });
         }
         for outcome in ["ingested", "rejected"] {
@@ -223,6 +230,16 @@ impl Metrics {
         if accepted {
             self.hook_latency.observe(latency.as_secs_f64());
         }
+    }
+
+    /// The queue refused a write that is retried until it lands.
+    pub fn queue_write_refused(&self) {
+        self.queue_write_refusals.inc();
+    }
+
+    /// How many writes the queue refused so far.
+    pub fn queue_write_refusals(&self) -> u64 {
+        self.queue_write_refusals.get()
     }
 
     /// A connection from a user who may not enqueue was refused.

@@ -77,6 +77,7 @@ pub async fn until_written<T: Send + 'static>(
             tracing::warn!("not trying again to {what}: {gone}");
             return None;
         }
+        d.metrics.queue_write_refused();
         tracing::error!(
             "cannot {what} in the queue: {e}; {meanwhile}; trying again in {}s",
             pause.as_secs()

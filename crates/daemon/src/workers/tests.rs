@@ -277,15 +277,19 @@ async fn an_outcome_the_queue_refuses_is_recorded_once_it_accepts() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Two writes follow the narinfo, both after the lock was taken: the
-    // present-cache flush (which only warns when refused) and the outcome.
-    // Each waits out the busy timeout, so by the end of this wait the
-    // outcome has been refused at least once (real time: SQLite's busy
-    // wait does not follow tokio's paused clock).
-    let wait = 2 * nix_outbox_queue::BUSY_TIMEOUT + Duration::from_secs(5);
-    tokio::task::spawn_blocking(move || std::thread::sleep(wait))
-        .await
-        .unwrap();
+    // The outcome is written after the lock was taken: wait until the
+    // queue has refused it (after its busy timeout, in real time: SQLite's
+    // busy wait does not follow tokio's paused clock).
+    while rig.d.metrics.queue_write_refusals() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outcome was never refused"
+        );
+        assert!(!worker.is_finished(), "the worker ended on a queue error");
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(100)))
+            .await
+            .unwrap();
+    }
     assert!(!worker.is_finished(), "the worker ended on a queue error");
     let hash = &path[..32];
     assert!(rig.cache.join(format!("{hash}.narinfo")).exists());
