@@ -20,6 +20,11 @@ const MAX_LISTED: usize = 600;
 
 /// Runs the hook for the current process's config and environment.
 pub fn run_from_env() -> Option<String> {
+    // Debug builds only: lets the tests check that a panic still exits 0
+    // with one line (a release hook has no such switch).
+    if cfg!(debug_assertions) && std::env::var_os("NIX_OUTBOX_HOOK_TEST_PANIC").is_some() {
+        panic!("panic asked for by NIX_OUTBOX_HOOK_TEST_PANIC");
+    }
     let (config, problems) = HookConfig::load();
     let drv = std::env::var_os("DRV_PATH");
     let outs = std::env::var_os("OUT_PATHS");

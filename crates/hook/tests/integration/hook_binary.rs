@@ -395,3 +395,22 @@ fn more_outputs_without_a_drv_are_split_and_all_spooled() {
         .sum();
     assert_eq!(total, 1100);
 }
+
+/// Issue 14: a panic inside the hook still exits 0 with one line that says
+/// what may not be queued and what to run.
+#[test]
+fn a_panic_exits_zero_with_one_line() {
+    let s = Setup::new();
+    let out = s.run(&[
+        ("NIX_OUTBOX_HOOK_TEST_PANIC", os("1")),
+        ("DRV_PATH", os(&drv_path())),
+    ]);
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("nix-outbox-hook: internal error (")
+            && err.contains("NIX_OUTBOX_HOOK_TEST_PANIC")
+            && err.contains("may NOT be queued")
+            && err.contains("nix-outbox push"),
+        "{err}"
+    );
+}
