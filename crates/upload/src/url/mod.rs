@@ -15,7 +15,7 @@
 //!   as well at a fraction of the CPU time, and every Nix from 2.3.17 on (and
 //!   every Lix) can read it. Write `compression=xz` for older clients.
 //! - `multipart-upload` defaults to `true` (Nix: `false`): NARs stream to S3
-//!   in parts with bounded memory. `false` spools each compressed NAR to a
+//!   in parts with bounded memory. `false` buffers each compressed NAR in a
 //!   temporary file and sends it in one `PUT` (at most 5 GiB), for stores
 //!   without multipart support. Parts are 8 MiB unless
 //!   `multipart-chunk-size` says otherwise (Nix: 5 MiB).
@@ -23,15 +23,16 @@
 //!   scheme) are errors here, so a typo never silently changes what gets
 //!   uploaded.
 
+mod error;
+mod location;
+
 use std::fmt;
 
 use crate::compress::Compression;
-pub use crate::target_location::TargetLocation;
-use crate::target_location::{
-    DEFAULT_REGION, parse_bucket, parse_endpoint, parse_file_path, parse_http_url,
-};
-pub use crate::target_url_error::TargetUrlError;
-use crate::target_url_error::{COMMON, S3_ACCEPTED};
+pub use error::TargetUrlError;
+use error::{COMMON, S3_ACCEPTED};
+pub use location::TargetLocation;
+use location::{DEFAULT_REGION, parse_bucket, parse_endpoint, parse_file_path, parse_http_url};
 
 /// Parameters that only mean something for an S3 target.
 const S3_PARAMS: &[&str] = &[
@@ -64,7 +65,7 @@ pub struct TargetConfig {
     /// cache browsers).
     pub write_nar_listing: bool,
     /// S3 only (always `true` elsewhere): stream NARs larger than one part
-    /// as multipart uploads; `false` spools them to a temporary file and
+    /// as multipart uploads; `false` buffers them in a temporary file and
     /// sends one `PUT`.
     pub multipart_upload: bool,
     /// S3 only: the part size in bytes, 5 MiB to 5 GiB; `None`: 8 MiB. It
@@ -409,9 +410,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-#[path = "target_url_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "target_url_remote_tests.rs"]
 mod remote_tests;

@@ -10,7 +10,7 @@
 //! down at that moment), leaving the upload we did know about.
 //!
 //! Every NAR key is unique per upload attempt (a random suffix, see
-//! [`crate::multipart_writer`]), so once our own upload is finished, any
+//! [`crate::nar_writer::multipart`]), so once our own upload is finished, any
 //! upload still in progress under exactly that key is a leftover of ours.
 //! ListMultipartUploads with `prefix=<key>` finds them, and
 //! AbortMultipartUpload removes them. object_store 0.14 has no listing
@@ -34,7 +34,7 @@ use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
 use tokio::time::Instant;
 
-use crate::throttle::{Throttle, ThrottledConnector};
+use crate::remote::throttle::{Throttle, ThrottledConnector};
 
 /// Sweeps of one key: the first at once, then after growing pauses.
 const ATTEMPTS: u32 = 8;

@@ -8,6 +8,9 @@
 //! The trait is dyn-compatible (the daemon holds `Arc<dyn Target>`), hence
 //! boxed futures rather than `async fn`.
 
+pub(crate) mod file;
+pub(crate) mod object;
+
 use std::future::Future;
 use std::io::Write;
 use std::pin::Pin;
@@ -20,9 +23,9 @@ use nix_outbox_core::store_path::HASH_PART_LEN;
 
 use crate::compress::Compression;
 use crate::error::{NarDigest, UploadError};
-use crate::file_target::FileTarget;
-use crate::object_target::ObjectStoreTarget;
-use crate::target_url::{TargetConfig, TargetLocation};
+use crate::url::{TargetConfig, TargetLocation};
+use file::FileTarget;
+use object::ObjectStoreTarget;
 
 /// How many existence checks one closure keeps in flight. Enough to hide
 /// a WAN round trip (32 × ~50 ms ≈ 640 checks/s), few enough that S3's

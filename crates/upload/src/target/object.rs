@@ -8,12 +8,12 @@
 //! `PUT` (and S3's multipart completion) replaces an object atomically, so
 //! readers never see a partial one.
 //!
-//! NARs go up one of two ways (see [`crate::multipart_writer`] and
-//! [`crate::spool_writer`]):
+//! NARs go up one of two ways (see [`crate::nar_writer::multipart`] and
+//! [`crate::nar_writer::temp_file`]):
 //! - S3 with `multipart-upload=true` (the default): streamed in parts while
 //!   being compressed, with bounded memory. The name must be chosen before
 //!   the compressed bytes are known, so it is `<nix32 NarHash>-<random>`.
-//! - HTTP, and S3 with `multipart-upload=false`: spooled to a temporary
+//! - HTTP, and S3 with `multipart-upload=false`: buffered in a temporary
 //!   file, then sent in one `PUT` under the hash of the compressed bytes, as
 //!   Nix names NARs.
 
@@ -27,24 +27,24 @@ use object_store::http::HttpBuilder;
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, GetOptions, ObjectStore, RetryConfig};
 
-use crate::aws_credentials;
 use crate::error::{RemoteErrorKind, UploadError};
-use crate::multipart_cleanup::{self, MultipartCleanup};
-use crate::multipart_writer::MultipartNarWriter;
+use crate::nar_writer::multipart::MultipartNarWriter;
+use crate::nar_writer::temp_file::TempFileNarWriter;
+use crate::remote::aws_credentials;
+use crate::remote::multipart_cleanup::{self, MultipartCleanup};
+use crate::remote::throttle::{Throttle, ThrottledConnector};
 use crate::remote::{self, Remote};
-use crate::spool_writer::SpoolNarWriter;
 use crate::target::{
     BoxFuture, NarWriter, Target, check_drv_name, check_hash_part, check_realisation_id,
 };
-use crate::target_url::{TargetConfig, TargetLocation};
-use crate::throttle::{Throttle, ThrottledConnector};
+use crate::url::{TargetConfig, TargetLocation};
 
 const CACHE_INFO: &str = "nix-cache-info";
 
 pub struct ObjectStoreTarget {
     remote: Remote,
     /// The part size setting, and whether to stream multipart at all
-    /// (`None`: spool and `PUT`).
+    /// (`None`: buffer in a temporary file and `PUT`).
     multipart: Option<TargetConfig>,
     cache_info_ok: AtomicBool,
     /// What the server said about when to come back.
@@ -387,7 +387,7 @@ impl Target for ObjectStoreTarget {
         Box::pin(async move {
             let w: Box<dyn NarWriter> = match &self.multipart {
                 Some(cfg) => Box::new(MultipartNarWriter::new(self.remote.clone(), cfg.clone())),
-                None => Box::new(SpoolNarWriter::create(self.remote.clone())?),
+                None => Box::new(TempFileNarWriter::create(self.remote.clone())?),
             };
             Ok(w)
         })

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::target_url::TargetUrlError;
+use super::TargetUrlError;
 
 /// Nix's default region for `s3://` stores, and ours.
 pub(crate) const DEFAULT_REGION: &str = "us-east-1";

@@ -2,6 +2,10 @@
 //! requests with deadlines, and turning object_store's errors into
 //! [`UploadError`]s that say what to fix and whether to retry soon.
 
+pub(crate) mod aws_credentials;
+pub(crate) mod multipart_cleanup;
+pub(crate) mod throttle;
+
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +14,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
 
 use crate::error::{RemoteErrorKind, UploadError};
-use crate::multipart_cleanup::{MultipartCleanup, Sweep};
+use multipart_cleanup::{MultipartCleanup, Sweep};
 
 pub(crate) const CACHE_INFO_TYPE: &str = "text/x-nix-cache-info";
 pub(crate) const NARINFO_TYPE: &str = "text/x-nix-narinfo";
@@ -60,7 +64,7 @@ impl Remote {
     }
 
     /// Looks for uploads left in progress under `key` and aborts them, in
-    /// the background (see [`crate::multipart_cleanup`]).
+    /// the background (see [`crate::remote::multipart_cleanup`]).
     pub(crate) fn sweep_uploads(&self, key: &str, why: Sweep) {
         if let Some(c) = &self.cleanup {
             c.sweep(key, why);

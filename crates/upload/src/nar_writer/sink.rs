@@ -15,11 +15,11 @@ use std::io::{self, Write};
 use nix_outbox_core::hash::HashingCounter;
 use nix_outbox_core::nar::Listing;
 
+use super::listing_tee::ListingTee;
 use crate::compress::Compressor;
 use crate::error::{NarDigest, UploadError};
-use crate::listing_tee::ListingTee;
 use crate::target::NarWriter;
-use crate::target_url::TargetConfig;
+use crate::url::TargetConfig;
 
 pub(crate) struct NarSink {
     nar: HashingCounter,

@@ -18,7 +18,7 @@
 //! upload so no orphaned parts are left to pay for. Uploads we cannot
 //! abort ourselves (the answer to starting one lost with its id, an abort
 //! that failed) are looked for under the key and aborted afterwards, in
-//! the background (see [`crate::multipart_cleanup`]).
+//! the background (see [`crate::remote::multipart_cleanup`]).
 //!
 //! The object's name has to be fixed when the upload starts, before the
 //! compressed bytes (and so their hash) exist. It is the NarHash the store
@@ -41,10 +41,10 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::compress::Compression;
 use crate::error::{NarDigest, RemoteErrorKind, UploadError};
-use crate::multipart_cleanup::Sweep;
+use crate::remote::multipart_cleanup::Sweep;
 use crate::remote::{self, Remote};
 use crate::target::{BoxFuture, NarWriter};
-use crate::target_url::TargetConfig;
+use crate::url::TargetConfig;
 
 /// Parts uploaded concurrently: two hide one request's latency behind the
 /// other's transfer.

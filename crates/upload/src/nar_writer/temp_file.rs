@@ -1,5 +1,5 @@
 //! NARs for servers that take each object in one `PUT` (HTTP, and S3 with
-//! `multipart-upload=false`): the compressed NAR is spooled to an unnamed
+//! `multipart-upload=false`): the compressed NAR is buffered in an unnamed
 //! temporary file, then sent from a memory map of it.
 //!
 //! object_store needs a request's whole body as one in-memory payload (it
@@ -25,17 +25,17 @@ use crate::target::{BoxFuture, NarWriter, check_nar_name};
 
 const WRITE_BUFFER: usize = 256 * 1024;
 
-pub(crate) struct SpoolNarWriter {
+pub(crate) struct TempFileNarWriter {
     remote: Remote,
     file: BufWriter<File>,
 }
 
-impl SpoolNarWriter {
+impl TempFileNarWriter {
     pub(crate) fn create(remote: Remote) -> Result<Self, UploadError> {
         // Unnamed (O_TMPFILE or unlinked at once): nobody else can open or
         // change it, which is what makes mapping it sound, and it vanishes
         // with the writer whatever happens.
-        let file = tempfile::tempfile().map_err(|e| spool_err(&remote.id, "create", e))?;
+        let file = tempfile::tempfile().map_err(|e| temp_file_err(&remote.id, "create", e))?;
         Ok(Self {
             remote,
             file: BufWriter::with_capacity(WRITE_BUFFER, file),
@@ -43,7 +43,7 @@ impl SpoolNarWriter {
     }
 }
 
-fn spool_err(id: &str, op: &'static str, e: io::Error) -> UploadError {
+fn temp_file_err(id: &str, op: &'static str, e: io::Error) -> UploadError {
     UploadError::TargetIo {
         target: id.to_owned(),
         op,
@@ -55,21 +55,21 @@ fn spool_err(id: &str, op: &'static str, e: io::Error) -> UploadError {
     }
 }
 
-impl Write for SpoolNarWriter {
+impl Write for TempFileNarWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file
             .write(buf)
-            .map_err(|e| spool_err(&self.remote.id, "write", e).into_io())
+            .map_err(|e| temp_file_err(&self.remote.id, "write", e).into_io())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.file
             .flush()
-            .map_err(|e| spool_err(&self.remote.id, "write", e).into_io())
+            .map_err(|e| temp_file_err(&self.remote.id, "write", e).into_io())
     }
 }
 
-/// The spooled bytes as a payload, without reading them onto the heap.
+/// The buffered bytes as a payload, without reading them onto the heap.
 fn map(file: &File, len: u64) -> io::Result<PutPayload> {
     if len == 0 {
         // mmap refuses empty mappings.
@@ -81,8 +81,8 @@ fn map(file: &File, len: u64) -> io::Result<PutPayload> {
     Ok(PutPayload::from(bytes::Bytes::from_owner(map)))
 }
 
-impl NarWriter for SpoolNarWriter {
-    /// Sends the spooled NAR as `nar/<file_name>` (the compressed bytes'
+impl NarWriter for TempFileNarWriter {
+    /// Sends the buffered NAR as `nar/<file_name>` (the compressed bytes'
     /// hash, so replacing an existing NAR of that name changes nothing).
     fn finish(
         self: Box<Self>,
@@ -90,19 +90,16 @@ impl NarWriter for SpoolNarWriter {
     ) -> BoxFuture<'static, Result<String, UploadError>> {
         Box::pin(async move {
             check_nar_name(&file_name)?;
-            let Self {
-                remote,
-                file: spool,
-            } = *self;
+            let Self { remote, file } = *self;
             let id: Arc<str> = remote.id.clone();
-            let spool = spool
+            let file = file
                 .into_inner()
-                .map_err(|e| spool_err(&id, "write", e.into_error()))?;
-            let len = spool
+                .map_err(|e| temp_file_err(&id, "write", e.into_error()))?;
+            let len = file
                 .metadata()
-                .map_err(|e| spool_err(&id, "read", e))?
+                .map_err(|e| temp_file_err(&id, "read", e))?
                 .len();
-            let payload = map(&spool, len).map_err(|e| spool_err(&id, "map", e))?;
+            let payload = map(&file, len).map_err(|e| temp_file_err(&id, "map", e))?;
             remote
                 .put(&format!("nar/{file_name}"), payload, remote::NAR_TYPE)
                 .await?;

@@ -9,6 +9,8 @@
 //! mounted it is simply missing, and recreating it would fill the
 //! filesystem underneath the mount point.
 
+mod writeback;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -23,7 +25,7 @@ use crate::target::{
     BoxFuture, NarWriter, Target, check_drv_name, check_hash_part, check_nar_name,
     check_realisation_id,
 };
-use crate::writeback::WritebackFile;
+use writeback::WritebackFile;
 
 /// Cache files are served to others: world-readable, like Nix makes them.
 const FILE_MODE: u32 = 0o644;
