@@ -5,8 +5,8 @@ use std::io::{self, Read, Write};
 
 use proptest::prelude::*;
 
-use super::wire::strings;
-use super::*;
+use crate::nar::wire::strings;
+use crate::nar::*;
 
 const MAGIC: &[u8] = b"nix-archive-1";
 
