@@ -1,7 +1,5 @@
 //! Helpers shared by the integration tests.
 
-#![allow(dead_code)] // Each test binary uses its own subset.
-
 use std::path::PathBuf;
 
 use nix_outbox_queue::{Queue, Source};

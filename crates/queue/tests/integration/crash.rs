@@ -6,8 +6,6 @@
 //! The child is this test binary run again, selecting `crash_child` by name
 //! and told what to do through the environment.
 
-mod common;
-
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{BufRead, BufReader, Write};
@@ -47,11 +45,23 @@ fn random_below(bound: u64) -> u64 {
     RandomState::new().hash_one(0u8) % bound
 }
 
+/// `crash_child`'s name as the test harness knows it: its module path in
+/// this binary, which shares the process with other test modules.
+fn child_test_name() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::crash_child")
+}
+
 /// Runs a child against `db`, kills it after a random number of
 /// acknowledgements plus a random delay, and returns every id it printed.
 fn run_and_kill(db: &Path) -> Vec<i64> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &child_test_name(),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DB, db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -1,9 +1,8 @@
 //! Requests: adding, claiming, expanding into jobs, deferring.
 
-mod common;
-
-use common::{add, add_expanded, queue, strings};
 use nix_outbox_queue::{JobState, Queue, QueueError, RequestState, Source};
+
+use crate::support::{add, add_expanded, queue, strings};
 
 #[test]
 fn added_request_reads_back_unchanged() {

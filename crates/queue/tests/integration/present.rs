@@ -1,11 +1,10 @@
 //! The known-present cache: freshness, batching, forgetting, pruning.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{queue, strings};
 use nix_outbox_queue::{PRESENT_CHUNK, Queue, QueueError};
+
+use crate::support::{queue, strings};
 
 const T: &str = "file:///cache";
 

@@ -1,12 +1,11 @@
 //! Jobs: claim order, settling, recovery after a crash, concurrent claimers.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
-use common::{add, add_expanded, queue, strings};
 use nix_outbox_queue::{JobState, Queue, QueueError};
+
+use crate::support::{add, add_expanded, queue, strings};
 
 #[test]
 fn claim_order_is_oldest_request_first_then_enqueue_order() {

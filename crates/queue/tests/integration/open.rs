@@ -1,12 +1,11 @@
 //! Opening: settings, schema versions, refusals, several handles at once.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{add, add_expanded, queue};
 use nix_outbox_queue::{Queue, QueueError, SCHEMA_VERSION};
 use rusqlite::Connection;
+
+use crate::support::{add, add_expanded, queue};
 
 #[test]
 fn new_database_is_wal_and_versioned() {

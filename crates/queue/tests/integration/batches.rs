@@ -1,10 +1,9 @@
 //! Claiming and expanding requests in batches, as the expander does during
 //! a burst of builds.
 
-mod common;
-
-use common::{add, queue, strings};
 use nix_outbox_queue::{JobState, QueueError, RequestState};
+
+use crate::support::{add, queue, strings};
 
 #[test]
 fn claim_requests_takes_the_oldest_due_ones_up_to_the_limit() {

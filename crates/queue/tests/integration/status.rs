@@ -1,9 +1,8 @@
 //! Read-only views: next_wakeup, status, outstanding.
 
-mod common;
-
-use common::{add, add_expanded, queue, strings};
 use nix_outbox_queue::{JobState, TargetStatus};
+
+use crate::support::{add, add_expanded, queue, strings};
 
 #[test]
 fn next_wakeup_is_the_earliest_due_time_of_waiting_work() {
