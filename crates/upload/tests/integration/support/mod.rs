@@ -1,6 +1,7 @@
 //! Helpers shared by the upload tests: a small graph of real store paths,
 //! a private daemon's pool, keys, and Nix commands that substitute from a
-//! cache. Each test binary uses a subset, hence the dead-code allowance.
+//! cache. Each test binary (`integration`, and each S3 test that runs in
+//! a process of its own) uses a subset, hence the dead-code allowance.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

@@ -8,15 +8,16 @@
 //! One test per binary: it sets process environment variables, which is
 //! only sound while no other thread runs.
 
-mod common;
+mod support;
 
-use common::*;
 use nix_outbox_core::narinfo::NarInfo;
 use nix_outbox_testkit as tk;
 use nix_outbox_upload::{TargetConfig, open_target, upload_closure};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, ClientOptions, GetOptions, ObjectStore};
+
+use support::*;
 
 #[test]
 fn s3_round_trip() {

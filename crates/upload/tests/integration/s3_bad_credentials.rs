@@ -5,11 +5,12 @@
 //! One test per binary: it sets process environment variables, which is
 //! only sound while no other thread runs.
 
-mod common;
+mod support;
 
-use common::*;
 use nix_outbox_testkit as tk;
 use nix_outbox_upload::{RemoteErrorKind, TargetConfig, UploadError, open_target};
+
+use support::*;
 
 const WRONG_SECRET: &str = "not-the-secret-0123456789";
 

@@ -3,9 +3,6 @@
 //! files); paths that are gone are reported, not failed on; caches that
 //! cannot be used give errors saying what to fix.
 
-mod common;
-
-use common::*;
 use nix_outbox_core::Sha256Hash;
 use nix_outbox_core::StorePath;
 use nix_outbox_testkit as tk;
@@ -13,6 +10,8 @@ use nix_outbox_upload::{
     FileTarget, PathOutcome, Target, TargetConfig, UploadError, open_target, upload_closure,
     upload_path,
 };
+
+use crate::support::*;
 
 fn build_one(tag: &str) -> String {
     let drv = tk::sh_derivation(

@@ -60,7 +60,7 @@ async fn check(s3: &tk::s3::S3Server, proxy: &FaultProxy) {
     assert_eq!(aborted(), 1, "{}", s3.log());
 
     // Our abort fails: its connection is reset on the first try and on
-    // each of object_store's 6 retries (`RetryConfig` in object_target.rs).
+    // each of object_store's 6 retries (`RetryConfig` in src/target/object.rs).
     // The sweep after it aborts the upload.
     proxy.set_plan(Plan::Targeted {
         matching: "DELETE ".to_owned(),

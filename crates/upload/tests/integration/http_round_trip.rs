@@ -2,12 +2,11 @@
 //! private nginx) are verified by `nix store verify` over http://, and Nix
 //! substitutes the deleted paths back over http:// from them.
 
-mod common;
-
-use common::*;
 use nix_outbox_core::narinfo::NarInfo;
 use nix_outbox_testkit as tk;
 use nix_outbox_upload::{TargetConfig, open_target, upload_closure};
+
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_round_trip() {

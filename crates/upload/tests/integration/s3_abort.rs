@@ -6,17 +6,18 @@
 //! One test per binary: it sets process environment variables, which is
 //! only sound while no other thread runs.
 
-mod common;
+mod support;
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix_outbox_core::Sha256Hash;
 use nix_outbox_testkit as tk;
 use nix_outbox_upload::{
     Compression, NarDigest, PathOutcome, TargetConfig, UploadError, open_target, upload_path,
 };
+
+use support::*;
 
 #[test]
 fn s3_abort() {

@@ -4,16 +4,15 @@
 //! is a no-op, and with `compression=none` our narinfo and NAR are
 //! byte-identical to those `nix copy` writes with the same key.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use common::*;
 use nix_outbox_core::keys::write_key_files;
 use nix_outbox_core::narinfo::NarInfo;
 use nix_outbox_testkit as tk;
 use nix_outbox_upload::{Compression, TargetConfig, open_target, upload_closure};
+
+use crate::support::*;
 
 async fn round_trip(name: &str, params: &str, compression: Compression) {
     let tag = unique_tag(name);
