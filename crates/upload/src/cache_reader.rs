@@ -25,9 +25,9 @@ use object_store::GetOptions;
 use object_store::path::Path as ObjectPath;
 
 use crate::error::{RemoteErrorKind, UploadError};
-use crate::object_target::{ObjectStoreTarget, is_missing_key};
 use crate::remote::Remote;
-use crate::target_url::{TargetConfig, TargetLocation};
+use crate::target::object::{ObjectStoreTarget, is_missing_key};
+use crate::url::{TargetConfig, TargetLocation};
 
 /// Largest narinfo (or `nix-cache-info`) read: real ones are a few KiB,
 /// even with thousands of references.

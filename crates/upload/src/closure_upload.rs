@@ -11,7 +11,7 @@ use nix_outbox_store::{PathInfo, StorePool, closure};
 use crate::error::UploadError;
 use crate::pipeline::{PathOutcome, upload_path};
 use crate::target::{BoxFuture, Target};
-use crate::target_url::TargetConfig;
+use crate::url::TargetConfig;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClosureReport {

@@ -17,29 +17,42 @@
 //! - [`UploadError::is_transient`] tells the caller how soon to retry.
 //! - [`CacheReader`] reads a cache back (narinfos, NAR streams, listing),
 //!   for `nix-outbox verify`.
+//!
+//! The source tree, by concept:
+//!
+//! ```text
+//! url/               target URLs: TargetConfig, TargetLocation, TargetUrlError
+//! target/            the Target and NarWriter traits, open_target (mod.rs);
+//!                    FileTarget (file.rs, file/writeback.rs);
+//!                    ObjectStoreTarget for S3 and HTTP (object.rs)
+//! remote/            S3 and HTTP servers through object_store: requests and
+//!                    their errors (mod.rs), AWS credentials, Retry-After
+//!                    (throttle.rs), multipart uploads whose id was lost
+//!                    (multipart_cleanup.rs)
+//! nar_writer/        a NAR's one pass: hashing, listing and compression
+//!                    (sink.rs, listing_tee.rs) into an object store: in
+//!                    parts for S3 (multipart.rs), or from a temporary file
+//!                    in one PUT (temp_file.rs)
+//! pipeline.rs        upload_path: one path, NAR then narinfo
+//! closure_upload.rs  upload_closure: a closure, references first
+//! build_log.rs       build logs
+//! realisation.rs     CA realisations
+//! cache_reader.rs    CacheReader (cache_reader/: local files, tests)
+//! compress.rs        Compression
+//! error.rs           UploadError
+//! ```
 
-mod aws_credentials;
 mod build_log;
 mod cache_reader;
 mod closure_upload;
 mod compress;
 mod error;
-mod file_target;
-mod listing_tee;
-mod multipart_cleanup;
-mod multipart_writer;
-mod object_target;
+mod nar_writer;
 mod pipeline;
 mod realisation;
 mod remote;
-mod sink;
-mod spool_writer;
 mod target;
-mod target_location;
-mod target_url;
-mod target_url_error;
-mod throttle;
-mod writeback;
+mod url;
 
 pub use build_log::{
     BuildLogError, BuildLogOutcome, DEFAULT_LOG_DIR, MAX_BUILD_LOG, default_log_dir,
@@ -55,13 +68,13 @@ pub use closure_upload::{
 };
 pub use compress::Compression;
 pub use error::{NarDigest, RemoteErrorKind, UploadError};
-pub use file_target::FileTarget;
-pub use object_target::ObjectStoreTarget;
 pub use pipeline::{PathOutcome, upload_path};
 pub use realisation::{
     RealisationError, RealisationOutcome, realisation_fingerprint, realisation_key,
     sign_realisation, upload_realisation,
 };
+pub use remote::throttle::{WAIT_IN_REQUEST, parse_retry_after};
+pub use target::file::FileTarget;
+pub use target::object::ObjectStoreTarget;
 pub use target::{BoxFuture, EXISTENCE_CONCURRENCY, NarWriter, Target, UploadClaim, open_target};
-pub use target_url::{TargetConfig, TargetLocation, TargetUrlError};
-pub use throttle::{WAIT_IN_REQUEST, parse_retry_after};
+pub use url::{TargetConfig, TargetLocation, TargetUrlError};

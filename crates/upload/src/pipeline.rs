@@ -17,9 +17,9 @@ use nix_outbox_core::nixbase32;
 use nix_outbox_store::{PathInfo, StoreError, StorePool};
 
 use crate::error::{NarDigest, UploadError};
-use crate::sink::NarSink;
+use crate::nar_writer::sink::NarSink;
 use crate::target::Target;
-use crate::target_url::TargetConfig;
+use crate::url::TargetConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathOutcome {

@@ -20,11 +20,6 @@ mod reader;
 mod wire;
 mod writer;
 
-#[cfg(test)]
-mod reader_tests;
-#[cfg(test)]
-mod roundtrip_tests;
-
 pub use listing::{Listing, ListingBuilder, ListingNode};
 pub use reader::{
     NarVisitor, ParseError, ParseErrorKind, copy_nar, parse_complete, parse_nar, parse_nar_tee,
@@ -44,3 +39,6 @@ pub const MAX_TARGET_LEN: u64 = 4095;
 /// parser's directory stack (and a recursive consumer of the resulting
 /// [`Listing`]) use. The writer does not enforce it.
 pub const MAX_DEPTH: usize = 1024;
+
+#[cfg(test)]
+mod tests;

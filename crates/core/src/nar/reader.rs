@@ -450,3 +450,6 @@ fn check_name(name: &[u8]) -> Result<(), ParseErrorKind> {
         reason,
     })
 }
+
+#[cfg(test)]
+mod tests;

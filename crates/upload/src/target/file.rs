@@ -1,0 +1,469 @@
+//! `file://` targets: a binary cache in a directory, laid out exactly as
+//! `nix copy --to file://…` lays it out, so any web server (or Nix itself,
+//! with `file://`) can serve it.
+//!
+//! Every file appears atomically and durably: written under a temporary
+//! name in the same directory, fsynced, renamed into place, and then the
+//! directory fsynced so the new name survives a crash too. The cache root
+//! itself is never created: when it lives on a filesystem that is not
+//! mounted it is simply missing, and recreating it would fill the
+//! filesystem underneath the mount point.
+
+mod writeback;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use nix_outbox_core::StoreDir;
+use nix_outbox_core::atomic_write::{self, AtomicWriteError};
+
+use crate::error::UploadError;
+use crate::target::{
+    BoxFuture, NarWriter, Target, check_drv_name, check_hash_part, check_nar_name,
+    check_realisation_id,
+};
+use writeback::WritebackFile;
+
+/// Cache files are served to others: world-readable, like Nix makes them.
+const FILE_MODE: u32 = 0o644;
+const CACHE_INFO: &str = "nix-cache-info";
+/// Big enough that the write syscalls do not dominate for fast compressors.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+pub struct FileTarget {
+    root: PathBuf,
+    id: String,
+    cache_info_ok: AtomicBool,
+}
+
+impl FileTarget {
+    /// A target for the cache directory `root` (absolute; see
+    /// [`TargetConfig`](crate::TargetConfig) for parsing URLs).
+    pub fn new(root: PathBuf) -> Self {
+        let id = format!("file://{}", root.display());
+        Self {
+            root,
+            id,
+            cache_info_ok: AtomicBool::new(false),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+fn io_err(target: &str, op: &'static str, path: &Path, source: io::Error) -> UploadError {
+    UploadError::TargetIo {
+        target: target.to_owned(),
+        op,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn from_atomic(target: &str, e: AtomicWriteError) -> UploadError {
+    match e {
+        AtomicWriteError::Io { path, source } => io_err(target, "write", &path, source),
+        // Only asked for when overwriting is refused, which callers handle.
+        AtomicWriteError::Exists(path) => io_err(
+            target,
+            "write",
+            &path,
+            io::Error::from(io::ErrorKind::AlreadyExists),
+        ),
+    }
+}
+
+/// Runs filesystem work off the async runtime's threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UploadError> + Send + 'static,
+) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| UploadError::Internal(format!("file target task failed: {e}")))?
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Target for FileTarget {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn ensure_cache_info<'a>(
+        &'a self,
+        store_dir: &'a StoreDir,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        Box::pin(async move {
+            if self.cache_info_ok.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let (root, id, sd) = (self.root.clone(), self.id.clone(), store_dir.to_string());
+            blocking(move || prepare(&root, &id, &sd)).await?;
+            self.cache_info_ok.store(true, Ordering::Release);
+            Ok(())
+        })
+    }
+
+    fn has_narinfo<'a>(&'a self, hash_part: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        Box::pin(async move {
+            check_hash_part(hash_part)?;
+            self.has_file(self.root.join(format!("{hash_part}.narinfo")))
+                .await
+        })
+    }
+
+    fn put_narinfo<'a>(
+        &'a self,
+        hash_part: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        Box::pin(async move {
+            check_hash_part(hash_part)?;
+            self.put(format!("{hash_part}.narinfo"), text.as_bytes().to_vec())
+                .await
+        })
+    }
+
+    fn put_listing<'a>(
+        &'a self,
+        hash_part: &'a str,
+        json: &'a str,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        Box::pin(async move {
+            check_hash_part(hash_part)?;
+            self.put(format!("{hash_part}.ls"), json.as_bytes().to_vec())
+                .await
+        })
+    }
+
+    fn has_build_log<'a>(&'a self, drv: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        Box::pin(async move {
+            check_drv_name(drv)?;
+            self.has_file(self.root.join("log").join(drv)).await
+        })
+    }
+
+    fn put_build_log<'a>(
+        &'a self,
+        drv: &'a str,
+        log: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        Box::pin(async move {
+            check_drv_name(drv)?;
+            self.put_in_subdir("log", drv.to_owned(), log).await
+        })
+    }
+
+    fn has_realisation<'a>(&'a self, rid: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        Box::pin(async move {
+            check_realisation_id(rid)?;
+            let name = format!("{rid}.doi");
+            self.has_file(self.root.join("realisations").join(name))
+                .await
+        })
+    }
+
+    fn put_realisation<'a>(
+        &'a self,
+        rid: &'a str,
+        json: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), UploadError>> {
+        Box::pin(async move {
+            check_realisation_id(rid)?;
+            self.put_in_subdir("realisations", format!("{rid}.doi"), json)
+                .await
+        })
+    }
+
+    fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>> {
+        Box::pin(async move {
+            let (dir, id) = (self.root.join("nar"), self.id.clone());
+            let w = blocking(move || FileNarWriter::create(dir, id)).await?;
+            Ok(Box::new(w) as Box<dyn NarWriter>)
+        })
+    }
+}
+
+impl FileTarget {
+    async fn put(&self, name: String, data: Vec<u8>) -> Result<(), UploadError> {
+        let (path, id) = (self.root.join(name), self.id.clone());
+        blocking(move || {
+            atomic_write::write(&path, &data, FILE_MODE, true).map_err(|e| from_atomic(&id, e))
+        })
+        .await
+    }
+
+    /// Whether a narinfo, build log or realisation file exists (a symlink
+    /// counts: it is not followed, and is not ours to replace).
+    async fn has_file(&self, path: PathBuf) -> Result<bool, UploadError> {
+        let id = self.id.clone();
+        blocking(move || match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&id, "look up", &path, e)),
+        })
+        .await
+    }
+
+    /// Writes `<dir>/<name>`. The directory (`log/`, `realisations/`) is
+    /// created on demand: a cache without logs or realisations has none,
+    /// like one written by `nix copy`.
+    async fn put_in_subdir(
+        &self,
+        dir: &str,
+        name: String,
+        data: Vec<u8>,
+    ) -> Result<(), UploadError> {
+        let (path, id) = (self.root.join(dir), self.id.clone());
+        blocking(move || fs::create_dir_all(&path).map_err(|e| io_err(&id, "create", &path, e)))
+            .await?;
+        self.put(format!("{dir}/{name}"), data).await
+    }
+}
+
+/// Checks the root, creates `nar/`, and writes or checks `nix-cache-info`.
+/// A temporary file nobody wrote to for this long belongs to an upload
+/// that died (a live upload writes continuously).
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes temporary files left by uploads that were killed: `nar/.tmp-*`
+/// (NARs) and `.<name>.tmp.*` (narinfos, listings, `log/` build logs), untouched for
+/// [`STALE_TEMP_AGE`]. They are invisible to Nix, but a crash loop would
+/// fill the disk with them. Best effort: a failure is logged, not fatal.
+fn sweep_stale_temps(root: &Path) {
+    let now = std::time::SystemTime::now();
+    for (dir, is_temp) in [
+        (
+            root.join("nar"),
+            (|n: &str| n.starts_with(".tmp-")) as fn(&str) -> bool,
+        ),
+        (root.to_owned(), |n: &str| {
+            n.starts_with('.') && n.contains(".tmp.")
+        }),
+        // Build logs, written like narinfos.
+        (root.join("log"), |n: &str| {
+            n.starts_with('.') && n.contains(".tmp.")
+        }),
+        // Realisations, likewise.
+        (root.join("realisations"), |n: &str| {
+            n.starts_with('.') && n.contains(".tmp.")
+        }),
+    ] {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !name.to_str().is_some_and(is_temp) {
+                continue;
+            }
+            let stale = entry
+                .metadata()
+                .ok()
+                .filter(|m| m.is_file())
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= STALE_TEMP_AGE);
+            if stale {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::info!(
+                        "removed {}, left by an upload that was interrupted",
+                        entry.path().display()
+                    ),
+                    Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+                }
+            }
+        }
+    }
+}
+
+fn prepare(root: &Path, id: &str, store_dir: &str) -> Result<(), UploadError> {
+    let meta = fs::metadata(root).map_err(|e| io_err(id, "use cache directory", root, e))?;
+    if !meta.is_dir() {
+        return Err(io_err(
+            id,
+            "use cache directory",
+            root,
+            io::Error::from(io::ErrorKind::NotADirectory),
+        ));
+    }
+    make_nar_dir(root, id)?;
+    sweep_stale_temps(root);
+    let info = root.join(CACHE_INFO);
+    let text = match fs::read_to_string(&info) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let content = format!("StoreDir: {store_dir}\n");
+            // Refusing to overwrite makes two uploaders racing here safe:
+            // the loser reads and checks the winner's file.
+            match atomic_write::write(&info, content.as_bytes(), FILE_MODE, false) {
+                Ok(()) => return Ok(()),
+                Err(AtomicWriteError::Exists(_)) => {
+                    fs::read_to_string(&info).map_err(|e| io_err(id, "read", &info, e))?
+                }
+                Err(e) => return Err(from_atomic(id, e)),
+            }
+        }
+        Err(e) => return Err(io_err(id, "read", &info, e)),
+    };
+    // Nix refuses a cache made for another store directory; so do we, since
+    // its narinfos would name paths our clients cannot use.
+    let theirs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("StoreDir:"))
+        .map(str::trim);
+    match theirs {
+        Some(theirs) if theirs != store_dir => Err(UploadError::StoreDirMismatch {
+            target: id.to_owned(),
+            cache_store_dir: theirs.to_owned(),
+            store_dir: store_dir.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn make_nar_dir(root: &Path, id: &str) -> Result<(), UploadError> {
+    let nar = root.join("nar");
+    match fs::create_dir(&nar) {
+        Ok(()) => sync_dir(root).map_err(|e| io_err(id, "sync", root, e)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(id, "create", &nar, e)),
+    }
+}
+
+/// A NAR being written to `nar/.tmp-…`, renamed to its real name on finish.
+struct FileNarWriter {
+    id: String,
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<WritebackFile>>,
+    /// Set once the temporary file has been renamed (or removed).
+    done: bool,
+}
+
+impl FileNarWriter {
+    fn create(dir: PathBuf, id: String) -> Result<Self, UploadError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let mut made_dir = false;
+        loop {
+            // The dot hides it from anything listing NARs; pid and sequence
+            // make it unique among our uploads, and `create_new` refuses to
+            // share it with anyone else's.
+            let tmp = dir.join(format!(
+                ".tmp-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            let opened = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&tmp);
+            match opened {
+                Ok(f) => {
+                    return Ok(Self {
+                        id,
+                        dir,
+                        tmp,
+                        file: Some(BufWriter::with_capacity(
+                            WRITE_BUFFER,
+                            WritebackFile::new(f),
+                        )),
+                        done: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                // `nar/` is gone (or `ensure_cache_info` was skipped): make
+                // it, but only inside an existing root, then try again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !made_dir => {
+                    made_dir = true;
+                    let root = dir.parent().unwrap_or(&dir).to_owned();
+                    make_nar_dir(&root, &id).map_err(|_| io_err(&id, "create", &tmp, e))?;
+                }
+                Err(e) => return Err(io_err(&id, "create", &tmp, e)),
+            }
+        }
+    }
+
+    fn file(&mut self) -> io::Result<&mut BufWriter<WritebackFile>> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("NAR writer already finished"))
+    }
+
+    fn finish_sync(mut self, name: String) -> Result<String, UploadError> {
+        check_nar_name(&name)?;
+        let file = self.file.take().expect("finish is called once");
+        let file = file
+            .into_inner()
+            .map_err(|e| io_err(&self.id, "write", &self.tmp, e.into_error()))?
+            .into_inner();
+        file.sync_all()
+            .map_err(|e| io_err(&self.id, "sync", &self.tmp, e))?;
+        drop(file);
+        let dest = self.dir.join(&name);
+        fs::rename(&self.tmp, &dest).map_err(|e| io_err(&self.id, "rename into", &dest, e))?;
+        self.done = true;
+        sync_dir(&self.dir).map_err(|e| io_err(&self.id, "sync", &self.dir, e))?;
+        Ok(name)
+    }
+}
+
+impl Write for FileNarWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.file()?.write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) => Err(io_err(&self.id, "write", &self.tmp, e).into_io()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file()?.flush() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io_err(&self.id, "write", &self.tmp, e).into_io()),
+        }
+    }
+}
+
+impl NarWriter for FileNarWriter {
+    fn finish(
+        self: Box<Self>,
+        file_name: String,
+    ) -> BoxFuture<'static, Result<String, UploadError>> {
+        Box::pin(blocking(move || (*self).finish_sync(file_name)))
+    }
+
+    fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || drop(self)).await;
+        })
+    }
+}
+
+impl Drop for FileNarWriter {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Discard the buffer instead of flushing it into a file about to go.
+        if let Some(w) = self.file.take() {
+            drop(w.into_parts());
+        }
+        if let Err(e) = fs::remove_file(&self.tmp)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(
+                "{}: cannot remove abandoned temporary NAR {}: {e}",
+                self.id,
+                self.tmp.display()
+            );
+        }
+    }
+}
