@@ -45,6 +45,11 @@
 #   outbox-spool     nix-outbox with its daemon stopped during the loop:
 #                    every hook spools its request (one fsynced file); the
 #                    daemon starts after the loop and must upload it all
+#   outbox-hung      nix-outbox with its daemon hung (SIGSTOP) during the
+#                    loop: it accepts connections into the kernel's backlog
+#                    but answers none; SIGCONT after the loop, then it must
+#                    upload everything (the first hook waits its timeout, the
+#                    next ones spool at once: should cost as outbox-spool)
 #   outbox-tmpfs     the same with its state dir (queue) on /dev/shm: what
 #                    the fsyncs of the queue cost (a diagnostic; no goal)
 # Targets (the same URL for the manual hook and nix-outbox, zstd):
@@ -417,7 +422,7 @@ run_one() {
       write_outbox_config "$d/outbox" "$url" "$ob_state"
       start_nixd "$d" "$HOOK_BIN" "NIX_OUTBOX_CONFIG=$d/outbox/config.toml"
       ;;
-    outbox | outbox-tmpfs)
+    outbox | outbox-tmpfs | outbox-hung)
       ob_state=$d/outbox
       if [ "$setup" = outbox-tmpfs ]; then
         ob_state=$(mktemp -d /dev/shm/nix-outbox-bench-bl.XXXXXX)
@@ -426,6 +431,7 @@ run_one() {
       write_outbox_config "$d/outbox" "$url" "$ob_state"
       start_nixd "$d" "$HOOK_BIN" "NIX_OUTBOX_CONFIG=$d/outbox/config.toml"
       start_outbox "$d/outbox" "$ob_state"
+      [ "$setup" != outbox-hung ] || kill -STOP "$OUTBOX_PID"
       ;;
   esac
 
@@ -451,6 +457,7 @@ run_one() {
     t0=$(now_ms)
     # The stopped daemon comes back, and finds the spool.
     [ "$setup" != outbox-spool ] || start_outbox "$d/outbox" "$ob_state"
+    [ "$setup" != outbox-hung ] || kill -CONT "$OUTBOX_PID"
     if "$OUTBOX" wait --config "$d/outbox/config.toml" --timeout "$RECOVERY_TIMEOUT" >"$d/wait.log" 2>&1; then
       t1=$(now_ms)
       drain=$(secs $((t1 - t0)))
@@ -525,6 +532,7 @@ label_setup() {
     outbox) echo "**nix-outbox**" ;;
     outbox-tmpfs) echo "nix-outbox, queue on tmpfs (diagnostic)" ;;
     outbox-spool) echo "nix-outbox, its daemon stopped (hooks spool)" ;;
+    outbox-hung) echo "nix-outbox, its daemon hung (SIGSTOP)" ;;
   esac
 }
 label_target() {
@@ -677,10 +685,12 @@ report() {
   echo "Checks on the runs themselves:"
   echo
   local sp th
-  sp=$(awk -F'\t' '$2 ~ /^outbox/ && $2 != "outbox-spool" { s += $12 } END { print s + 0 }' "$RESULTS")
+  sp=$(awk -F'\t' '$2 ~ /^outbox/ && $2 != "outbox-spool" && $2 != "outbox-hung" { s += $12 } END { print s + 0 }' "$RESULTS")
   echo "- nix-outbox-hook requests spooled instead of acknowledged by the daemon: $sp in all runs together (its daemon running)"
   sp=$(awk -F'\t' '$2 == "outbox-spool" { printf "%s%s", (n++ ? "/" : ""), $12 }' "$RESULTS")
   [ -z "$sp" ] || echo "- spool files written while the daemon was stopped, per run: $sp (one per build expected; the daemon then uploaded them all, see the table)"
+  sp=$(awk -F'\t' '$2 == "outbox-hung" { printf "%s%s", (n++ ? "/" : ""), $12 }' "$RESULTS")
+  [ -z "$sp" ] || echo "- spool files written while the daemon was hung, per run: $sp (one per build expected)"
   th=$(awk -F'\t' '$4 == "slow" {
       k = $1 " " $2 " " $3; if (!(k in v)) order[++n] = k; v[k] = v[k] (k in v && v[k] != "" ? "/" : "") $13 }
     END { for (i = 1; i <= n; i++) printf "%s%s: %s", (i > 1 ? "; " : ""), order[i], v[order[i]] }' "$RESULTS")

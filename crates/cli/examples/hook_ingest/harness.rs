@@ -78,6 +78,8 @@ impl Setup {
             "keygen failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The daemon never creates a configured cache directory.
+        std::fs::create_dir(d.join("cache"))?;
         let mut text = format!(
             "state-dir = {:?}\nsocket = {:?}\nsecret-key-files = [{:?}]\ntargets = [{:?}]\n",
             d.join("state"),
