@@ -327,8 +327,17 @@ pub fn graph_expr(tag: &str, groups: usize, big_mib: usize) -> String {
 
 /// Builds through the private daemon; the hook runs after each build.
 pub fn build_via(daemon: &tk::PrivateDaemon, expr: &str) -> Vec<String> {
-    let out = tk::run(
-        tk::nix_build_cmd(expr).env("NIX_REMOTE", format!("unix://{}", daemon.socket.display())),
+    let out = tk::nix_build_cmd(expr)
+        .env("NIX_REMOTE", format!("unix://{}", daemon.socket.display()))
+        .output()
+        .expect("nix-build runs (scripts/test.sh installs Nix)");
+    // The private daemon's own log says why a connection was reset or a
+    // build failed on its side.
+    assert!(
+        out.status.success(),
+        "nix-build through the private nix-daemon failed: {}\n--- its daemon's log:\n{}",
+        tk::describe(&out),
+        daemon.log()
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
