@@ -48,7 +48,7 @@ fn temp_file_err(id: &str, op: &'static str, e: io::Error) -> UploadError {
         target: id.to_owned(),
         op,
         path: format!(
-            "a temporary file in {} (NARs for this target are spooled there before being sent)",
+            "a temporary file in {} (NARs for this target are buffered there before being sent)",
             std::env::temp_dir().display()
         ),
         source: e,
