@@ -16,7 +16,7 @@ mod local;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -69,7 +69,17 @@ enum BlobInner {
         chunk: Bytes,
         remote: Remote,
         key: String,
+        /// When reading must be over, whatever pace the server keeps.
+        deadline: Option<Instant>,
     },
+}
+
+/// How long reading a whole small file ([`CacheReader::get`]) may take:
+/// a minute, plus a second per 100 KiB of its limit (a slow link). The
+/// stall limit alone would let a server that sends a byte every few
+/// seconds hold a check for ever.
+fn get_deadline(max: u64, now: Instant) -> Instant {
+    now + Duration::from_secs(60u64.saturating_add(max / (100 * 1024)))
 }
 
 /// Whether `key` names an object inside the cache: relative, made of
@@ -181,10 +191,26 @@ impl CacheReader {
     /// Reads a small file whole; `None` if it does not exist. Refuses
     /// files over `max` bytes ([`MAX_NARINFO`], [`MAX_LISTING`]) without
     /// reading more than that.
+    /// Reading it must end by a deadline that allows a minute plus a
+    /// second per 100 KiB of `max`, however the server paces its bytes.
     pub async fn get(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>, UploadError> {
+        self.get_within(key, max, get_deadline(max, Instant::now()))
+            .await
+    }
+
+    /// [`get`](Self::get) with the deadline given.
+    pub async fn get_within(
+        &self,
+        key: &str,
+        max: u64,
+        until: Instant,
+    ) -> Result<Option<Vec<u8>>, UploadError> {
         let Some(mut blob) = self.open_blob(key).await? else {
             return Ok(None);
         };
+        if let BlobInner::Stream { deadline, .. } = &mut blob.inner {
+            *deadline = Some(until);
+        }
         let (key, id) = (key.to_owned(), self.id.clone());
         tokio::task::spawn_blocking(move || {
             let mut buf = Vec::new();
@@ -266,6 +292,7 @@ impl CacheReader {
                             chunk: Bytes::new(),
                             remote: remote.clone(),
                             key: key.to_owned(),
+                            deadline: None,
                         },
                     })),
                     Err(e) if is_missing_key(&e) => Ok(None),
@@ -299,15 +326,31 @@ impl Read for BlobReader {
                 chunk,
                 remote,
                 key,
+                deadline,
             } => {
                 while chunk.is_empty() {
-                    let next = handle.block_on(tokio::time::timeout(STALL_LIMIT, stream.next()));
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left == Some(Duration::ZERO) {
+                        return Err(io::Error::other(UploadError::Remote {
+                            target: remote.id.to_string(),
+                            op: "read",
+                            key: key.clone(),
+                            kind: RemoteErrorKind::Unavailable,
+                            detail: "too slow: the file did not arrive in the time its size \
+                                     allows (a stalling or hostile server)"
+                                .to_owned(),
+                        }));
+                    }
+                    let wait = left.map_or(STALL_LIMIT, |l| l.min(STALL_LIMIT));
+                    let next = handle.block_on(tokio::time::timeout(wait, stream.next()));
                     *chunk = match next {
                         Ok(None) => return Ok(0),
                         Ok(Some(Ok(b))) => b,
                         Ok(Some(Err(e))) => {
                             return Err(io::Error::other(remote.error("read", key, e)));
                         }
+                        // The overall deadline came first: said above.
+                        Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => continue,
                         Err(_) => {
                             return Err(io::Error::other(UploadError::Remote {
                                 target: remote.id.to_string(),

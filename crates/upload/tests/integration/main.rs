@@ -13,3 +13,4 @@ mod http_round_trip;
 mod refusals;
 mod retry_after;
 mod round_trip;
+mod slow_reads;

@@ -191,12 +191,26 @@ fn file_limit(info: &NarInfo) -> u64 {
     }
 }
 
+/// The longest any one NAR check may take, whatever the narinfo claims.
+pub const MAX_NAR_CHECK: Duration = Duration::from_secs(3 * 3600);
+/// The same for a narinfo no trusted key signed: its sizes may be a lie.
+pub const MAX_UNTRUSTED_NAR_CHECK: Duration = Duration::from_secs(600);
+
 /// How long reading one NAR file may take in all: a server sending a byte
 /// just before each stall timeout must not hold the check forever. Ten
-/// minutes plus one second per 100 KiB (a slow link) of the file.
-pub fn nar_deadline(info: &NarInfo, now: Instant) -> Instant {
+/// minutes plus one second per 100 KiB (a slow link) of the file, and never
+/// more than [`MAX_NAR_CHECK`] ([`MAX_UNTRUSTED_NAR_CHECK`] unless
+/// `trusted`, i.e. a trusted key signed the narinfo): the size comes from
+/// the cache itself, which may be hostile.
+pub fn nar_deadline(info: &NarInfo, trusted: bool, now: Instant) -> Instant {
     let size = info.file_size.unwrap_or(info.nar_size);
-    now + Duration::from_secs(600 + size / (100 * 1024))
+    let secs = 600u64.saturating_add(size / (100 * 1024));
+    let cap = if trusted {
+        MAX_NAR_CHECK
+    } else {
+        MAX_UNTRUSTED_NAR_CHECK
+    };
+    now + Duration::from_secs(secs).min(cap)
 }
 
 /// Counts and hashes the compressed bytes, and remembers a failure of the

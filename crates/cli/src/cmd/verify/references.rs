@@ -9,15 +9,34 @@ use nix_outbox_core::{StoreDir, StorePath};
 
 use super::check::{Found, Problem};
 
+/// Bytes a `.ls` may exceed twice our own listing by (other writers' spacing).
+const LISTING_SLACK: usize = 64 * 1024;
+
 /// Compares a cache's `.ls` file with the listing of the NAR it describes,
 /// as JSON values (key order and spacing vary between writers).
 pub fn listing_problem(ls: &[u8], nar: &Listing) -> Option<String> {
+    let ours = nar.to_json();
+    if ls == ours.as_bytes() {
+        return None;
+    }
+    // A listing of the same tree differs from ours only in key order and
+    // spacing. One far larger cannot match, and parsing it into a tree
+    // would cost many times its bytes (a 64 MiB `.ls` took 1–2 GiB): the
+    // parse is bounded by what the NAR's own listing needs.
+    let budget = ours.len().saturating_mul(2).saturating_add(LISTING_SLACK);
+    if ls.len() > budget {
+        return Some(format!(
+            "the .ls listing is {} bytes, far more than the NAR's files need ({} bytes): it does \
+             not match the NAR's files (`nix store ls` and cache browsers show the wrong tree)",
+            ls.len(),
+            ours.len()
+        ));
+    }
     let theirs: serde_json::Value = match serde_json::from_slice(ls) {
         Ok(v) => v,
         Err(e) => return Some(format!("the .ls listing is not valid JSON ({e})")),
     };
-    let ours: serde_json::Value =
-        serde_json::from_str(&nar.to_json()).expect("our listing JSON parses");
+    let ours: serde_json::Value = serde_json::from_str(&ours).expect("our listing JSON parses");
     (theirs != ours).then(|| {
         "the .ls listing does not match the NAR's files (`nix store ls` and cache browsers \
          show the wrong tree)"

@@ -386,3 +386,39 @@ fn past_the_deadline_reading_stops_as_a_read_error() {
 fn kinds_of(c: &NarCheck) -> Vec<&'static str> {
     c.problems.iter().map(|p| p.0).collect()
 }
+
+/// Issue 14: the NAR deadline came from the cache's own FileSize, so a
+/// hostile narinfo claiming a huge file bought itself days.
+#[test]
+fn the_nar_deadline_has_a_fixed_ceiling_whatever_the_file_size_claims() {
+    let key = SecretKey::generate("t-1").unwrap();
+    let mut info = good(&key, &nar_bytes(), &[]);
+    let now = std::time::Instant::now();
+    let ten_minutes = now + std::time::Duration::from_secs(600);
+    assert_eq!(nar_deadline(&info, true, now), ten_minutes);
+    info.file_size = Some(u64::MAX);
+    assert_eq!(nar_deadline(&info, true, now), now + MAX_NAR_CHECK);
+    // Unsigned by a trusted key, its sizes buy it nothing.
+    assert_eq!(nar_deadline(&info, false, now), ten_minutes);
+}
+
+/// Issue 14: a 64 MiB `.ls` was parsed into a JSON tree of 1–2 GiB. One
+/// far larger than the NAR's own listing is refused unparsed; the same
+/// listing respelled still matches.
+#[test]
+fn a_listing_far_larger_than_the_nar_needs_is_refused_unparsed() {
+    let key = SecretKey::generate("t-1").unwrap();
+    let nar = nar_bytes();
+    let info = good(&key, &nar, &[]);
+    let listing = check_nar_now(&nar[..], &info, true).listing.unwrap();
+    let ours = listing.to_json();
+    assert_eq!(listing_problem(ours.as_bytes(), &listing), None);
+    let respelled =
+        serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&ours).unwrap())
+            .unwrap();
+    assert_eq!(listing_problem(respelled.as_bytes(), &listing), None);
+    // Deeply nested garbage: parsing it whole is what cost the memory.
+    let huge = "[".repeat(8 << 20);
+    let p = listing_problem(huge.as_bytes(), &listing).unwrap();
+    assert!(p.contains("far more than the NAR's files need"), "{p}");
+}
