@@ -16,7 +16,7 @@
 #                            whole workspace (e.g. "nix-outbox nix-outbox-core")
 #   TEST_KINDS               comma-separated cargo target kinds to run (default "test":
 #                            integration tests; "test,lib,bin" adds unit tests)
-#   NIX_OUTBOX_TEST_TIMEOUT  seconds per test binary before it is killed (default 1800)
+#   NIX_OUTBOX_TEST_TIMEOUT  seconds per test binary before it is killed (default 900)
 #   NIX_OUTBOX_PASS_ENV      extra variable names to pass into the chroot
 #   NIX_OUTBOX_CHROOT_ROOT   where chroots are kept (default /var/cache/nix-outbox/chroots)
 #
@@ -45,7 +45,7 @@ while [ $# -gt 0 ]; do
 done
 [ ${#suites[@]} -gt 0 ] || suites=(sid)
 kinds=${TEST_KINDS:-test}
-timeout_s=${NIX_OUTBOX_TEST_TIMEOUT:-1800}
+timeout_s=${NIX_OUTBOX_TEST_TIMEOUT:-900}
 [[ $timeout_s =~ ^[0-9]+$ ]] || die "NIX_OUTBOX_TEST_TIMEOUT must be a number of seconds"
 [ "$(id -u)" = 0 ] || die "must run as root (chroot and mount need it)"
 
@@ -170,7 +170,7 @@ run_suite() {
   exec {lockfd}>"$dir.lock"
   if ! flock -n "$lockfd"; then
     echo "test-modern-nix: waiting for another run using $dir" >&2
-    flock "$lockfd"
+    flock -w 1800 "$lockfd" || die "another run kept $dir for 30 minutes; is one stuck? (see its lock, $dir.lock)"
   fi
 
   log "$suite: chroot $dir"
@@ -219,6 +219,12 @@ run_suite() {
     local secs
     secs=$(awk -v ns=$((end - start)) 'BEGIN { printf "%.1f", ns / 1e9 }')
     local verdict=PASS
+    # A name filter that matches no test passes with 0 tests (a renamed
+    # test would silently drop out): a run that ran none fails.
+    if [ "$rc" -eq 0 ] && ! grep -qE '^test result: ok\. [1-9][0-9]* passed' "$logf"; then
+      rc=1
+      echo "test-modern-nix: $name ran no test (${test_args[*]})" >&2
+    fi
     if [ "$rc" -ne 0 ]; then
       verdict=FAIL failed=$((failed + 1))
       [ "$rc" -ne 124 ] || verdict="FAIL (timed out after ${timeout_s}s)"

@@ -22,7 +22,8 @@ fn script() -> PathBuf {
 impl WebDavServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        // Installing nginx (first run only) can take a while; a taken port
+        // scripts/test.sh installs nginx first; run alone, the script may
+        // install it on the first run, which takes a while. A taken port
         // makes nginx exit, and we try another.
         for _ in 0..5 {
             let port = free_port();
@@ -37,7 +38,7 @@ impl WebDavServer {
                 .stderr(log)
                 .spawn()
                 .expect("run scripts/nginx-webdav.sh");
-            if wait_for_port(port, &mut child, Duration::from_secs(300)) {
+            if wait_for_port(port, &mut child, Duration::from_secs(120)) {
                 return Self { port, dir, child };
             }
             let _ = child.kill();

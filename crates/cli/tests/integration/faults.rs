@@ -21,8 +21,9 @@ use tk::fault_proxy::{Counts, Fault, FaultProxy, Plan};
 const BUCKET: &str = "nix-cache";
 
 /// `nix-outbox wait` gives up after this; only a hang should come near it
-/// (the retry backoff stays short unless faults pile up on one path).
-const WAIT_SECS: &str = "900";
+/// (the retry backoff stays short unless faults pile up on one path; these
+/// tests take well under a minute each).
+const WAIT_SECS: &str = "300";
 
 fn seed() -> u64 {
     std::env::var("FAULTS_SEED")
