@@ -253,6 +253,8 @@ async fn commit_loop(d: Arc<Daemon>, mut rx: mpsc::Receiver<Pending>) {
             .iter_mut()
             .map(|p| (p.drv.take(), std::mem::take(&mut p.outs)))
             .collect();
+        #[cfg(test)]
+        assert!(!d.panic_on_commit, "the committer panics, as a test asked");
         let now = d.now();
         // Blocking this thread's runtime while the commit runs is the
         // point: it serves nothing but hooks, whose requests wait for this

@@ -157,3 +157,66 @@ pub(crate) async fn idle(woken: Pin<&mut Notified<'_>>, stop: &CancellationToken
         _ = tokio::time::sleep(max) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nix_outbox_core::StoreDir;
+    use nix_outbox_hook::HookRequest;
+    use tokio::net::UnixListener;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::Options;
+    use crate::test_target::bare_service;
+
+    /// Issue 14: if the hook socket's thread fails (here its committer
+    /// panics), the daemon must not run on with every hook spooling: it
+    /// drains and returns the error, so that it is restarted.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_hook_socket_stops_the_daemon_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("hook.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let options = Options {
+            panic_on_commit: true,
+            stop_timeout: Duration::from_secs(5),
+            ..Options::default()
+        };
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(super::run(
+            bare_service(dir.path()),
+            listener,
+            options,
+            shutdown.clone(),
+        ));
+        let sd = StoreDir::default();
+        let req = HookRequest {
+            drv_path: None,
+            out_paths: vec![
+                sd.parse_path(&format!("{}/{}-x", sd.as_str(), "0".repeat(32)))
+                    .unwrap(),
+            ],
+        };
+        // The request is not acknowledged: its commit never happens.
+        let sent = tokio::task::spawn_blocking(move || {
+            nix_outbox_hook::client::send(
+                &socket,
+                &req,
+                &StoreDir::default(),
+                Duration::from_secs(10),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(sent.is_err(), "{sent:?}");
+        // A hang guard, not a measurement: the daemon ends by itself.
+        let ended = tokio::time::timeout(Duration::from_secs(120), running)
+            .await
+            .expect("the daemon kept running without its hook socket")
+            .unwrap();
+        let e = ended.expect_err("the daemon must return the socket's failure");
+        assert!(e.to_string().contains("committer failed"), "{e:#}");
+        assert!(!shutdown.is_cancelled(), "it stopped on its own");
+    }
+}

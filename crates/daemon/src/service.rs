@@ -112,6 +112,9 @@ pub struct Options {
     pub observe: Observability,
     /// Who may enqueue through the hook socket.
     pub peers: Peers,
+    /// Tests only: the hook socket's committer panics at its first commit.
+    #[cfg(test)]
+    pub panic_on_commit: bool,
 }
 
 impl Default for Options {
@@ -127,6 +130,8 @@ impl Default for Options {
             on_ready: None,
             observe: Observability::default(),
             peers: Peers::default(),
+            #[cfg(test)]
+            panic_on_commit: false,
         }
     }
 }
@@ -146,6 +151,8 @@ pub(crate) struct Daemon {
     pub metrics: Arc<Metrics>,
     /// Who may enqueue through the hook socket.
     pub peers: Peers,
+    #[cfg(test)]
+    pub panic_on_commit: bool,
 }
 
 impl Daemon {
@@ -176,6 +183,8 @@ impl Daemon {
                 .collect(),
         };
         Arc::new(Self {
+            #[cfg(test)]
+            panic_on_commit: options.panic_on_commit,
             peers: options.peers,
             metrics,
             selection,

@@ -129,3 +129,27 @@ impl Target for Probe {
         self.inner.begin_nar()
     }
 }
+
+/// A service with no target, its queue and spool in `dir`: for tests of
+/// the daemon's plumbing (the socket, the stop), not of uploads.
+pub fn bare_service(dir: &std::path::Path) -> std::sync::Arc<crate::Service> {
+    use std::sync::{Arc, Mutex};
+    let queue = nix_outbox_queue::Queue::open(&dir.join("queue.sqlite")).unwrap();
+    let store_dir = StoreDir::default();
+    Arc::new(crate::Service {
+        pool: nix_outbox_store::StorePool::new(
+            nix_outbox_store::StoreAddress::from_env().unwrap(),
+            store_dir.clone(),
+            2,
+        ),
+        store_dir,
+        targets: Vec::new(),
+        keys: vec![nix_outbox_core::keys::SecretKey::generate("bare-test-1").unwrap()],
+        spool_dir: dir.join("spool"),
+        workers: 1,
+        queue: Arc::new(Mutex::new(queue)),
+        wake: tokio::sync::Notify::new(),
+        new_requests: tokio::sync::Notify::new(),
+        extras: crate::CacheExtras::default(),
+    })
+}

@@ -194,8 +194,14 @@ impl PrivateDaemon {
         let socket = dir.path().join("daemon.sock");
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
         // Never start a daemon with NIX_REMOTE set: one pointing at its own
-        // socket forks workers without end.
+        // socket forks workers without end. And name its store: with the
+        // default `auto`, a worker on a fresh store (no /nix/var/nix yet, as
+        // in a new chroot) finds NIX_DAEMON_SOCKET_PATH, its own socket,
+        // takes the store to be that daemon and connects to it, which forks
+        // another worker, without end (seen on Nix 2.26: thousands of
+        // workers, clients reset).
         let child = Command::new("nix-daemon")
+            .args(["--option", "store", "local"])
             .env_remove("NIX_REMOTE")
             .env("NIX_CONF_DIR", &etc)
             .env("NIX_DAEMON_SOCKET_PATH", &socket)
