@@ -103,13 +103,8 @@ install_tools() {
 
 fuzz_all() {
   ensure_cargo_fuzz
-  # cargo-fuzz needs nightly-only sanitizer flags; this machine has only
-  # stable Rust, whose compiler accepts them with RUSTC_BOOTSTRAP=1.
-  for target in $(cd fuzz && ls fuzz_targets | sed 's/\.rs$//'); do
-    log "fuzz $target for ${FUZZ_SECONDS}s"
-    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz "$target" -- \
-      -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 4
-  done
+  # Seeded with real Nix output; a failing target prints its whole log.
+  scripts/fuzz.sh "$FUZZ_SECONDS"
 }
 
 stage "install Nix, systemd tools, s3s-fs, nginx" 1200 install_tools
