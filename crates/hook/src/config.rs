@@ -10,13 +10,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nix_outbox_config::{ConfigFile, read_config};
+use nix_outbox_config::{ConfigFile, read_config, spool_dir};
 use nix_outbox_core::StoreDir;
 
-pub use nix_outbox_config::{
-    CONFIG_ENV, DEFAULT_CONFIG_FILE, DEFAULT_HOOK_TIMEOUT_MS, Environment, MAX_HOOK_TIMEOUT_MS,
-    effective_uid, spool_dir,
-};
+pub use nix_outbox_config::Environment;
 
 /// The keys the hook reads; the daemon reads them too.
 const HOOK_KEYS: [&str; 4] = ["state-dir", "socket", "store-dir", "hook-timeout-ms"];

@@ -104,7 +104,7 @@ impl Setup {
     }
 
     pub fn spool(&self) -> PathBuf {
-        nix_outbox_hook::config::spool_dir(&self.state())
+        nix_outbox_config::spool_dir(&self.state())
     }
 
     pub fn log(&self) -> String {

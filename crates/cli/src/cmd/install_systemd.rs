@@ -58,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let cfg = Config::load(config.as_deref())?;
-    if nix_outbox_hook::config::effective_uid() != 0 {
+    if nix_outbox_config::effective_uid() != 0 {
         eprintln!(
             "nix-outbox: note: not running as root; the units run the daemon as root, whose \
              default state-dir and socket differ from this user's (set them in the configuration)"

@@ -1,6 +1,8 @@
 use std::ffi::OsString;
 use std::path::Path;
 
+use nix_outbox_config::{DEFAULT_CONFIG_FILE, DEFAULT_HOOK_TIMEOUT_MS};
+
 use super::*;
 
 fn root() -> Environment {
