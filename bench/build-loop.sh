@@ -48,8 +48,9 @@
 #   outbox-hung      nix-outbox with its daemon hung (SIGSTOP) during the
 #                    loop: it accepts connections into the kernel's backlog
 #                    but answers none; SIGCONT after the loop, then it must
-#                    upload everything (the first hook waits its timeout, the
-#                    next ones spool at once: should cost as outbox-spool)
+#                    upload everything (the daemon's heartbeat names a
+#                    stopped process, so every hook spools at once: should
+#                    cost as outbox-spool)
 #   outbox-tmpfs     the same with its state dir (queue) on /dev/shm: what
 #                    the fsyncs of the queue cost (a diagnostic; no goal)
 # Targets (the same URL for the manual hook and nix-outbox, zstd):

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix_outbox_hook::protocol::{self, MAX_REQUEST_BYTES, Reply};
-use nix_outbox_hook::unresponsive;
+use nix_outbox_hook::{liveness, unresponsive};
 use nix_outbox_queue::Source;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
@@ -95,9 +95,33 @@ async fn accept_loop(
     // requests already accepted to be committed and answered: a runtime
     // shutting down would drop them unanswered.
     let mut handlers = tokio::task::JoinSet::new();
+    // Beaten by this loop itself, so that it goes stale when the thread
+    // that answers hooks cannot run, whatever the rest of the daemon does.
+    let heartbeat = liveness::Heartbeat::start(&d.svc.spool_dir).unwrap_or_else(|e| {
+        tracing::warn!(
+            "cannot write the heartbeat in {}: {e} (a hung daemon then costs each hook its \
+             whole timeout)",
+            d.svc.spool_dir.display()
+        );
+        None
+    });
+    let mut beats = tokio::time::interval(liveness::BEAT);
+    beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = close.cancelled() => break,
+            _ = beats.tick(), if heartbeat.is_some() => {
+                if let Some(Err(e)) = heartbeat.as_ref().map(liveness::Heartbeat::beat) {
+                    tracing::debug!("heartbeat: {e}");
+                }
+                // Hooks that gave up on this thread (it was stopped, or
+                // blocked) marked it unresponsive; beating, it serves
+                // again, so they may connect. One stat per beat.
+                if unresponsive::recently_unresponsive(&d.svc.spool_dir, std::time::SystemTime::now()).is_some() {
+                    tracing::info!("hooks found the daemon unresponsive; it serves them again");
+                    unresponsive::clear(&d.svc.spool_dir);
+                }
+            }
             // It ends only when every sender is gone, so this is a panic:
             // every request would then be refused (and spooled). Stop, so
             // that the daemon fails loudly and is restarted.
@@ -128,6 +152,7 @@ async fn accept_loop(
     // spool). A handler may still be reading (up to READ_TIMEOUT), then
     // committing and answering (its drain takes up to a second more).
     drop(listener);
+    drop(heartbeat);
     drop(commits);
     let finished = tokio::time::timeout(STOP_GRACE, async {
         while handlers.join_next().await.is_some() {}

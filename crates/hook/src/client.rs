@@ -22,6 +22,9 @@ pub enum SendError {
     Connect(io::Error),
     #[error("no acknowledgement within {} ms", .0.as_millis())]
     TimedOut(Duration),
+    /// Given up before the timeout: the daemon's heartbeat says it is hung.
+    #[error("no acknowledgement, and the daemon is hung: {0}")]
+    Hung(String),
     #[error("sending the request failed: {0}")]
     Write(io::Error),
     #[error("reading the reply failed: {0}")]
@@ -53,6 +56,23 @@ pub fn send(
     sd: &StoreDir,
     timeout: Duration,
 ) -> Result<u64, SendError> {
+    send_watched(socket, req, sd, timeout, &mut || None)
+}
+
+/// How often a wait for the reply asks its watch whether to give up.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// [`send`], giving up early (with [`SendError::Hung`]) as soon as `hung`
+/// returns a reason while the reply is awaited. The hook passes a check of
+/// the daemon's heartbeat (see [`crate::liveness`]), so a daemon that hangs
+/// costs it less than the whole timeout.
+pub fn send_watched(
+    socket: &Path,
+    req: &HookRequest,
+    sd: &StoreDir,
+    timeout: Duration,
+    hung: &mut dyn FnMut() -> Option<String>,
+) -> Result<u64, SendError> {
     let deadline = Instant::now() + timeout;
     if !req.fits(sd) {
         return Err(SendError::Unsendable);
@@ -68,6 +88,8 @@ pub fn send(
     let mut io = Deadlined {
         stream: &stream,
         deadline,
+        hung,
+        why_hung: None,
     };
     if let Err(e) = io.write_all(&req.encode(sd)) {
         if is_timeout(&e) {
@@ -85,7 +107,12 @@ pub fn send(
     let bytes = match read_reply(&mut io) {
         Ok(b) => b,
         Err(ReadError::TooLarge(_)) => return Err(SendError::BadReply(ReplyError::TooLong)),
-        Err(ReadError::Io(e)) if is_timeout(&e) => return Err(timed_out()),
+        Err(ReadError::Io(e)) if is_timeout(&e) => {
+            return Err(match io.why_hung.take() {
+                Some(why) => SendError::Hung(why),
+                None => timed_out(),
+            });
+        }
         Err(ReadError::Io(e)) => return Err(SendError::Read(e)),
     };
     if bytes.is_empty() {
@@ -106,10 +133,13 @@ fn is_timeout(e: &io::Error) -> bool {
 }
 
 /// Reads and writes with per-call timeouts recomputed from one deadline, so
-/// many slow calls cannot add up past it.
+/// many slow calls cannot add up past it. A read also ends early once
+/// `hung` gives a reason, which it keeps in `why_hung`.
 struct Deadlined<'a> {
     stream: &'a UnixStream,
     deadline: Instant,
+    hung: &'a mut dyn FnMut() -> Option<String>,
+    why_hung: Option<String>,
 }
 
 impl Deadlined<'_> {
@@ -123,9 +153,20 @@ impl Deadlined<'_> {
 
 impl Read for Deadlined<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.set_read_timeout(Some(self.left()?))?;
-        let mut s = self.stream;
-        s.read(buf)
+        loop {
+            let left = self.left()?;
+            self.stream.set_read_timeout(Some(left.min(WATCH_EVERY)))?;
+            let mut s = self.stream;
+            match s.read(buf) {
+                Err(e) if is_timeout(&e) && left > WATCH_EVERY => {
+                    if let Some(why) = (self.hung)() {
+                        self.why_hung = Some(why);
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                res => return res,
+            }
+        }
     }
 }
 

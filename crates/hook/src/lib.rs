@@ -11,6 +11,7 @@
 pub mod client;
 pub mod config;
 pub mod input;
+pub mod liveness;
 pub mod protocol;
 pub mod run;
 pub mod spool;

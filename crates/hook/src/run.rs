@@ -6,9 +6,10 @@ use std::time::SystemTime;
 
 use nix_outbox_core::StoreDir;
 
-use crate::client::{SendError, send};
+use crate::client::{SendError, send_watched};
 use crate::config::HookConfig;
 use crate::input::parse_env;
+use crate::liveness::{self, Liveness};
 use crate::protocol::{HookRequest, truncate};
 use crate::spool::write_spool;
 use crate::unresponsive::{MARKER_TTL, mark_unresponsive, recently_unresponsive};
@@ -69,12 +70,22 @@ pub fn run(
              it (hooks try again {}s after that, or as soon as it answers)",
             MARKER_TTL.as_secs()
         ));
+    } else if let Liveness::Hung(how) = liveness::check(&spool, now) {
+        // Known hung before connecting: not a millisecond of waiting.
+        timed_out = true;
+        why = Some(format!(
+            "daemon at {socket} is hung ({how}), so this hook does not wait for it"
+        ));
     } else {
+        let mut hung = || match liveness::check(&spool, SystemTime::now()) {
+            Liveness::Hung(how) => Some(how),
+            _ => None,
+        };
         for req in &requests {
-            match send(&config.socket, req, sd, config.hook_timeout) {
+            match send_watched(&config.socket, req, sd, config.hook_timeout, &mut hung) {
                 Ok(id) => ids.push(id),
                 Err(e) => {
-                    timed_out = matches!(e, SendError::TimedOut(_));
+                    timed_out = matches!(e, SendError::TimedOut(_) | SendError::Hung(_));
                     why = Some(match &e {
                         SendError::Connect(_) => format!("daemon unavailable at {socket} ({e})"),
                         _ => format!("daemon at {socket} did not take the request ({e})"),

@@ -4,9 +4,14 @@
 //! A hook that got no acknowledgement within `hook-timeout-ms` leaves a
 //! marker in the spool directory. Hooks that find a fresh marker (younger
 //! than [`MARKER_TTL`]) spool at once without connecting. The daemon
-//! removes the marker when it acknowledges a request, and at start; past
-//! its TTL the next hook tries the socket again, so a daemon that came
-//! back unnoticed costs at most one more timeout per TTL.
+//! removes the marker at start, when it acknowledges a request, and at its
+//! next heartbeat (see [`crate::liveness`]) once its hook thread runs
+//! again; past its TTL the next hook tries the socket again, so a daemon
+//! that came back unnoticed costs at most one more timeout per TTL.
+//!
+//! With the heartbeat, a hung daemon is seen by the hooks themselves after
+//! at most [`crate::liveness::STALE`]; the marker spares the hooks of that
+//! first second, and covers systems without `/proc`.
 //!
 //! The marker is a hint, not state that must survive a crash: one stat per
 //! hook reads it, and it is written without a sync.

@@ -110,3 +110,74 @@ fn the_daemon_clears_the_unresponsive_marker_when_it_answers() {
     );
     assert!(!marker.exists(), "not cleared by an acknowledgement");
 }
+
+/// Issue 14: the real daemon names itself in a heartbeat. Stopped
+/// (SIGSTOP), it is known hung, so a hook spools at once without waiting
+/// for it; resumed, it clears the hooks' marker itself and acknowledges
+/// again; stopped cleanly, it removes the heartbeat.
+#[test]
+fn a_stopped_daemon_costs_hooks_no_wait_and_a_resumed_one_is_used_again() {
+    let mut outbox = Outbox::new("zstd");
+    outbox.start(None);
+    let beat = nix_outbox_hook::liveness::path(&outbox.spool());
+    let marker = nix_outbox_hook::unresponsive::marker_path(&outbox.spool());
+    let pid = outbox.pid();
+    let named = std::fs::read_to_string(&beat).unwrap();
+    assert_eq!(named.split_whitespace().next(), Some(&*pid.to_string()));
+    let paths: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let expr = nix_outbox_testkit::sh_derivation(
+                &format!("hb-{n}"),
+                &["out"],
+                &format!("echo {} > $out", nix_outbox_testkit::nonce()),
+            );
+            nix_outbox_testkit::nix_build(&expr).remove(0)
+        })
+        .collect();
+    let hook = |path: &str| {
+        let out = std::process::Command::new(hook_bin())
+            .env("NIX_OUTBOX_CONFIG", &outbox.config)
+            .env("OUT_PATHS", path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // SAFETY: plain syscall on our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&stat).unwrap().contains(") T ") {
+        assert!(Instant::now() < deadline, "never stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let said = hook(&paths[0]);
+    assert!(
+        said.contains(&format!("is hung (its process {pid} is stopped)"))
+            && said.contains("queued 1 path in"),
+        "{said}"
+    );
+    assert_eq!(outbox.spooled(), 1);
+    assert!(marker.exists());
+
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGCONT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "a resumed daemon left the marker: {}",
+            outbox.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(hook(&paths[1]), "", "the resumed daemon acknowledges");
+    outbox.wait();
+    for p in &paths {
+        assert!(outbox.has(p), "{p} not uploaded: {}", outbox.log());
+    }
+    assert!(outbox.terminate().success(), "{}", outbox.log());
+    assert!(!beat.exists(), "a clean stop leaves its heartbeat behind");
+}

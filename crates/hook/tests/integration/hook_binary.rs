@@ -36,10 +36,14 @@ impl Setup {
     }
 
     fn with_state(state: PathBuf, dir: tempfile::TempDir) -> Self {
+        Self::with_timeout(state, dir, 300)
+    }
+
+    fn with_timeout(state: PathBuf, dir: tempfile::TempDir, timeout_ms: u64) -> Self {
         let socket = dir.path().join("hook.sock");
         let config = dir.path().join("config.toml");
         let text = format!(
-            "state-dir = {:?}\nsocket = {:?}\nhook-timeout-ms = 300\nunknown-key = true\n",
+            "state-dir = {:?}\nsocket = {:?}\nhook-timeout-ms = {timeout_ms}\nunknown-key = true\n",
             state.to_str().unwrap(),
             socket.to_str().unwrap()
         );
@@ -220,6 +224,79 @@ fn after_one_timeout_the_next_hooks_spool_without_connecting() {
     let out = s.run(&[("OUT_PATHS", os(&out_path(H1, "d")))]);
     assert_eq!(stderr(&out), "");
     h.join().unwrap();
+}
+
+/// Writes the daemon's heartbeat as the daemon does, naming process `pid`.
+fn heartbeat_for(spool: &Path, pid: u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    // Field 22 (starttime) is the 20th after the command name.
+    let started = after_name.split_ascii_whitespace().nth(19).unwrap();
+    std::fs::create_dir_all(spool).unwrap();
+    let file = nix_outbox_hook::liveness::path(spool);
+    std::fs::write(file, format!("{pid} {started}\n")).unwrap();
+}
+
+/// Issue 14: a daemon stopped by SIGSTOP is known to be hung from its
+/// heartbeat, so even the first hook spools without connecting (before,
+/// it waited its whole timeout) and leaves the marker for the next ones.
+#[test]
+fn a_stopped_daemon_is_not_waited_for_even_once() {
+    let s = Setup::new();
+    let listener = s.listen();
+    let mut stopped = Command::new("sleep").arg("60").spawn().unwrap();
+    heartbeat_for(&s.spool(), stopped.id());
+    // SAFETY: plain syscall on our own child.
+    assert_eq!(unsafe { libc::kill(stopped.id() as i32, libc::SIGSTOP) }, 0);
+    let mut state = String::new();
+    for _ in 0..500 {
+        state = std::fs::read_to_string(format!("/proc/{}/stat", stopped.id())).unwrap();
+        if state.contains(") T ") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(state.contains(") T "), "{state}");
+    let out = s.run(&[("OUT_PATHS", os(&out_path(H1, "a")))]);
+    let _ = stopped.kill();
+    let _ = stopped.wait();
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "is hung (its process {} is stopped)",
+            stopped.id()
+        )) && err.contains("queued 1 path in"),
+        "{err}"
+    );
+    assert_no_connection(&listener);
+    assert_eq!(s.spooled().len(), 1);
+    assert!(nix_outbox_hook::unresponsive::marker_path(&s.spool()).exists());
+}
+
+/// Issue 14: a daemon that takes the request, then hangs, is given up as
+/// soon as its heartbeat goes stale, not after `hook-timeout-ms` (60 s
+/// here, past the run's bound).
+#[test]
+fn a_daemon_whose_heartbeat_stops_is_given_up_before_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::with_timeout(dir.path().join("state"), dir, 60_000);
+    // This test process plays the daemon: alive, but nothing beats.
+    heartbeat_for(&s.spool(), std::process::id());
+    let h = daemon(s.listen(), |s| {
+        // Never answers; waits until the hook gives up and closes.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let out = s.run(&[("OUT_PATHS", os(&out_path(H1, "a")))]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("no acknowledgement, and the daemon is hung: its hook thread has not run for")
+            && err.contains("queued 1 path in"),
+        "{err}"
+    );
+    h.join().unwrap();
+    assert_eq!(s.spooled().len(), 1);
+    assert!(nix_outbox_hook::unresponsive::marker_path(&s.spool()).exists());
 }
 
 #[test]

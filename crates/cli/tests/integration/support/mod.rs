@@ -205,6 +205,31 @@ impl Outbox {
         }
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().expect("the daemon runs").id()
+    }
+
+    /// Stops the daemon as a service manager does (SIGTERM) and waits for
+    /// it to exit (bounded).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.exited() {
+                self.daemon = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// How the daemon ended, if it has (None while it runs).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.daemon.as_mut().and_then(|c| c.try_wait().unwrap())
