@@ -39,6 +39,41 @@ fi
 mkdir -p fuzz/corpus/hook_input
 printf 'nix-outbox-hook 1\ndrv /nix/store/7rjj86a15146cq1d3qy068lml7n8ykzm-hello-2.12.drv\nout /nix/store/0c7c1hhqxpa4yddk1qyw2k8c7dj5jgkn-hello-2.12\nend\n' \
   >fuzz/corpus/hook_input/seed-frame
+mkdir -p fuzz/corpus/spool_file
+cp fuzz/corpus/hook_input/seed-frame fuzz/corpus/spool_file/seed-frame
+
+# be16 N: N as two big-endian bytes (the length prefix of the pair targets).
+be16() { printf "\\x$(printf %02x $(($1 >> 8)))\\x$(printf %02x $(($1 & 255)))"; }
+
+# verify_pair and ls_listing take a length-prefixed first part, then a NAR:
+# a narinfo that describes that NAR exactly (uncompressed, so FileHash is
+# NarHash), and a .ls shaped like Nix's (its entries need not match).
+if command -v nix-store >/dev/null 2>&1 && command -v nix-hash >/dev/null 2>&1; then
+  mkdir -p fuzz/corpus/verify_pair fuzz/corpus/ls_listing
+  nar=$(mktemp)
+  nix-store --dump crates/core/tests/data/narinfo >"$nar"
+  b32=$(nix-hash --type sha256 --to-base32 "$(sha256sum "$nar" | cut -d' ' -f1)")
+  size=$(stat -c %s "$nar")
+  narinfo="StorePath: /nix/store/l1jah9m2y31igs78fbvhh06dxpj2dqib-seed
+URL: nar/$b32.nar
+Compression: none
+FileHash: sha256:$b32
+FileSize: $size
+NarHash: sha256:$b32
+NarSize: $size
+References: 
+"
+  { be16 "${#narinfo}"; printf '%s' "$narinfo"; cat "$nar"; } >fuzz/corpus/verify_pair/seed-pair
+  ls='{"version":1,"root":{"type":"directory","entries":{"README.md":{"type":"regular","size":1,"narOffset":1}}}}'
+  { be16 "${#ls}"; printf '%s' "$ls"; cat "$nar"; } >fuzz/corpus/ls_listing/seed-pair
+  rm -f "$nar"
+fi
+mkdir -p fuzz/corpus/retry_after fuzz/corpus/realisation_json
+printf '120' >fuzz/corpus/retry_after/seed-seconds
+printf 'Wed, 21 Oct 2015 07:28:00 GMT' >fuzz/corpus/retry_after/seed-date
+id='sha256:3aa6ff2dd8a22f72f6fb355512e8f2a3215ea5c8c89c482ed27025b878a1dbfd!out'
+printf '%s\n{"dependentRealisations":{},"id":"%s","outPath":"0c5f0m2wv8a0w2rf8yk2xkz4rpsj3xkf-ca","signatures":[]}' \
+  "$id" "$id" >fuzz/corpus/realisation_json/seed-realisation
 
 failed=0
 for target in $(cd fuzz && ls fuzz_targets | sed 's/\.rs$//'); do

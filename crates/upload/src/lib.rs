@@ -53,6 +53,7 @@ mod realisation;
 mod remote;
 mod target;
 mod url;
+pub mod verify;
 
 pub use build_log::{
     BuildLogError, BuildLogOutcome, DEFAULT_LOG_DIR, MAX_BUILD_LOG, default_log_dir,

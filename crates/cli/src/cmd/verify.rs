@@ -22,12 +22,11 @@ use nix_outbox_core::StoreDir;
 use nix_outbox_core::keys::PublicKey;
 use nix_outbox_upload::{CacheReader, MAX_LISTING, MAX_NARINFO, TargetConfig, TargetLocation};
 
-mod check;
-mod references;
 mod report;
 
 use check::{Found, Problem};
-use references::Upstream;
+use nix_outbox_upload::verify::references::Upstream;
+use nix_outbox_upload::verify::{check, references};
 use report::{ReadError, Report};
 
 #[derive(clap::Args)]

@@ -7,13 +7,13 @@ use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
+use crate::{READABLE_COMPRESSIONS, decompressor, is_cache_key};
 use nix_outbox_core::hash::HashingCounter;
 use nix_outbox_core::keys::{PublicKey, Signature};
 use nix_outbox_core::nar::{Listing, ListingBuilder, NarVisitor, ParseErrorKind, parse_nar_tee};
 use nix_outbox_core::narinfo::NarInfo;
 use nix_outbox_core::store_path::HASH_PART_LEN;
 use nix_outbox_core::{StoreDir, StorePath};
-use nix_outbox_upload::{READABLE_COMPRESSIONS, decompressor, is_cache_key};
 
 /// One thing wrong with one path in the cache.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
