@@ -318,6 +318,9 @@ impl Target for KnownPresent {
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>> {
         self.inner.begin_nar()
     }
+    fn nar_slots(&self) -> Option<&tokio::sync::Semaphore> {
+        self.inner.nar_slots()
+    }
 }
 
 #[cfg(test)]

@@ -128,6 +128,9 @@ impl Target for Probe {
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>> {
         self.inner.begin_nar()
     }
+    fn nar_slots(&self) -> Option<&tokio::sync::Semaphore> {
+        self.inner.nar_slots()
+    }
 }
 
 /// A service with no target, its queue and spool in `dir`: for tests of

@@ -9,9 +9,12 @@ use nix_outbox_core::keys::SecretKey;
 use nix_outbox_store::{PathInfo, StorePool, closure};
 
 use crate::error::UploadError;
-use crate::pipeline::{PathOutcome, upload_path};
 use crate::target::{BoxFuture, Target};
 use crate::url::TargetConfig;
+
+mod schedule;
+
+pub use schedule::MEMORY_BUDGET;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClosureReport {
@@ -175,8 +178,10 @@ pub async fn upload_closure_selected(
         report.skipped.push((root.clone(), skip));
         return Ok(report);
     }
-    // `closure` orders references before referrers, which is the order
-    // narinfos must appear in.
+    // `closure` orders references before referrers: a path whose
+    // reference is gone from the store is blocked, and so are its
+    // referrers, before anything is uploaded.
+    let mut todo = Vec::new();
     for (info, present) in closure.paths.iter().zip(present) {
         if info.references.iter().any(|r| unavailable.contains(r)) {
             tracing::warn!(
@@ -185,38 +190,14 @@ pub async fn upload_closure_selected(
             );
             unavailable.insert(info.path.clone());
             report.blocked.push(info.path.clone());
-            continue;
-        }
-        if present {
+        } else if present {
             report.already_present += 1;
-            continue;
-        }
-        if let Some(skip) = skips.remove(&info.path) {
+        } else if let Some(skip) = skips.remove(&info.path) {
             report.skipped.push((info.path.clone(), skip));
-            continue;
-        }
-        let claim = target.claim_upload(info.path.hash_part()).await;
-        if claim.waited && target.has_narinfo(info.path.hash_part()).await? {
-            // Another job uploaded it while we waited.
-            report.already_present += 1;
-            continue;
-        }
-        let outcome = upload_path(pool, target, cfg, keys, info).await;
-        drop(claim);
-        match outcome? {
-            PathOutcome::Uploaded {
-                nar_size,
-                file_size,
-            } => {
-                report.uploaded += 1;
-                report.nar_bytes += nar_size;
-                report.file_bytes += file_size;
-            }
-            PathOutcome::NotValid => {
-                unavailable.insert(info.path.clone());
-                report.missing.push(info.path.clone());
-            }
+        } else {
+            todo.push(info);
         }
     }
+    schedule::upload_all(pool, target, cfg, keys, &todo, &mut report).await?;
     Ok(report)
 }

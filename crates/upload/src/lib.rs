@@ -64,7 +64,7 @@ pub use cache_reader::{
     is_cache_key,
 };
 pub use closure_upload::{
-    ClosureReport, PathSelector, Skip, SkipReason, UploadAll, upload_closure,
+    ClosureReport, MEMORY_BUDGET, PathSelector, Skip, SkipReason, UploadAll, upload_closure,
     upload_closure_selected,
 };
 pub use compress::Compression;
@@ -78,4 +78,7 @@ pub use remote::throttle::{WAIT_IN_REQUEST, parse_retry_after};
 pub use target::file::FileTarget;
 pub use target::object::ObjectStoreTarget;
 pub use target::{BoxFuture, EXISTENCE_CONCURRENCY, NarWriter, Target, UploadClaim, open_target};
-pub use url::{TargetConfig, TargetLocation, TargetUrlError};
+pub use url::{
+    DEFAULT_FILE_CONNECTIONS, DEFAULT_REMOTE_CONNECTIONS, MAX_CONNECTIONS, TargetConfig,
+    TargetLocation, TargetUrlError,
+};

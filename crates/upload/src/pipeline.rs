@@ -13,7 +13,7 @@ use std::time::Instant;
 use nix_outbox_core::keys::SecretKey;
 use nix_outbox_core::nar::{ParseError, ParseErrorKind};
 use nix_outbox_core::narinfo::NarInfo;
-use nix_outbox_core::nixbase32;
+use nix_outbox_core::{StoreDir, nixbase32};
 use nix_outbox_store::{PathInfo, StoreError, StorePool};
 
 use crate::error::{NarDigest, UploadError};
@@ -30,6 +30,26 @@ pub enum PathOutcome {
     NotValid,
 }
 
+/// A NAR in the cache, durable, and the narinfo (unsigned) and listing
+/// that will publish it: what [`upload_nar`] leaves for [`publish`].
+pub(crate) struct StagedNar {
+    narinfo: NarInfo,
+    listing: Option<String>,
+}
+
+impl StagedNar {
+    pub(crate) fn sizes(&self) -> (u64, u64) {
+        (self.narinfo.nar_size, self.narinfo.file_size.unwrap_or(0))
+    }
+}
+
+/// What [`upload_nar`] did.
+pub(crate) enum NarOutcome {
+    Staged(Box<StagedNar>),
+    /// See [`PathOutcome::NotValid`].
+    NotValid,
+}
+
 /// Uploads `info.path` to `target`, signed with every key in `keys` (and
 /// keeping the signatures the store already has, as `nix copy` does).
 ///
@@ -43,6 +63,28 @@ pub async fn upload_path(
     keys: &[SecretKey],
     info: &PathInfo,
 ) -> Result<PathOutcome, UploadError> {
+    match upload_nar(pool, target, cfg, info).await? {
+        NarOutcome::NotValid => Ok(PathOutcome::NotValid),
+        NarOutcome::Staged(staged) => {
+            let (nar_size, file_size) = staged.sizes();
+            publish(target, pool.store_dir(), keys, *staged).await?;
+            Ok(PathOutcome::Uploaded {
+                nar_size,
+                file_size,
+            })
+        }
+    }
+}
+
+/// The first half of an upload: streams the NAR into the cache and checks
+/// it against the store's record. Once this returns, the NAR is durable
+/// in the cache but nothing points to it yet.
+pub(crate) async fn upload_nar(
+    pool: &StorePool,
+    target: &dyn Target,
+    cfg: &TargetConfig,
+    info: &PathInfo,
+) -> Result<NarOutcome, UploadError> {
     let started = Instant::now();
     let sd = pool.store_dir();
     let full = sd.display(&info.path);
@@ -73,7 +115,7 @@ pub async fn upload_path(
     // which abandons the partial NAR.
     let sink = match res {
         Ok((sink, _)) => sink,
-        Err(StoreError::NotValid { .. }) => return Ok(PathOutcome::NotValid),
+        Err(StoreError::NotValid { .. }) => return Ok(NarOutcome::NotValid),
         Err(StoreError::Nar {
             source:
                 ParseError {
@@ -112,11 +154,7 @@ pub async fn upload_path(
         cfg.compression.extension()
     );
     let nar_name = streamed.writer.finish(file_name).await?;
-    let hash_part = info.path.hash_part();
-    if let Some(listing) = listing {
-        target.put_listing(hash_part, &listing.to_json()).await?;
-    }
-    let mut narinfo = NarInfo {
+    let narinfo = NarInfo {
         store_path: info.path.clone(),
         url: format!("nar/{nar_name}"),
         compression: compression.to_owned(),
@@ -130,20 +168,47 @@ pub async fn upload_path(
         sigs: info.sigs.clone(),
         ca: info.ca.clone(),
     };
-    for key in keys {
-        narinfo.sign(sd, key);
-    }
-    target.put_narinfo(hash_part, &narinfo.render(sd)).await?;
-    tracing::info!(
+    tracing::debug!(
         path = %full,
         target = target.id(),
         nar_size = actual.size,
         file_size = streamed.file.size,
         ms = started.elapsed().as_millis() as u64,
+        "NAR uploaded"
+    );
+    Ok(NarOutcome::Staged(Box::new(StagedNar {
+        narinfo,
+        listing: listing.map(|l| l.to_json()),
+    })))
+}
+
+/// The second half: the listing, then the signed narinfo, which makes the
+/// path exist in the cache. Call it only once every reference of the path
+/// is published (or served by an upstream).
+pub(crate) async fn publish(
+    target: &dyn Target,
+    sd: &StoreDir,
+    keys: &[SecretKey],
+    staged: StagedNar,
+) -> Result<(), UploadError> {
+    let StagedNar {
+        mut narinfo,
+        listing,
+    } = staged;
+    let hash_part = narinfo.store_path.hash_part().to_owned();
+    if let Some(listing) = listing {
+        target.put_listing(&hash_part, &listing).await?;
+    }
+    for key in keys {
+        narinfo.sign(sd, key);
+    }
+    target.put_narinfo(&hash_part, &narinfo.render(sd)).await?;
+    tracing::info!(
+        path = %sd.display(&narinfo.store_path),
+        target = target.id(),
+        nar_size = narinfo.nar_size,
+        file_size = narinfo.file_size.unwrap_or(0),
         "uploaded"
     );
-    Ok(PathOutcome::Uploaded {
-        nar_size: actual.size,
-        file_size: streamed.file.size,
-    })
+    Ok(())
 }

@@ -230,6 +230,9 @@ impl Target for Tracked<'_> {
     fn retry_after(&self) -> Option<Duration> {
         self.inner.retry_after()
     }
+    fn nar_slots(&self) -> Option<&tokio::sync::Semaphore> {
+        self.inner.nar_slots()
+    }
     fn ensure_cache_info<'a>(
         &'a self,
         store_dir: &'a StoreDir,

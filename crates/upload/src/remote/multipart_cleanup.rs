@@ -87,13 +87,11 @@ impl MultipartCleanup {
         s3: Arc<AmazonS3>,
         bucket_url: String,
         options: &ClientOptions,
-        throttle: Arc<Throttle>,
+        connector: ThrottledConnector,
         region: &str,
         target: &str,
     ) -> object_store::Result<Self> {
-        let connector = ThrottledConnector {
-            throttle: throttle.clone(),
-        };
+        let throttle = connector.throttle.clone();
         Ok(Self {
             s3,
             http: connector.connect(options)?,

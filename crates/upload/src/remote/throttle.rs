@@ -1,4 +1,5 @@
-//! Honouring a server's `Retry-After`.
+//! Honouring a server's `Retry-After`, and keeping to the target's
+//! budget of requests in flight (`max-connections`).
 //!
 //! object_store retries 5xx and 429 answers by itself, on its own backoff,
 //! and ignores `Retry-After` (S3 sends it with `503 SlowDown`, most HTTP
@@ -75,6 +76,9 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[derive(Debug)]
 pub struct ThrottledConnector {
     pub throttle: Arc<Throttle>,
+    /// One permit per request in flight: the target's `max-connections`,
+    /// shared by every job (and by every client the connector makes).
+    pub requests: Arc<tokio::sync::Semaphore>,
 }
 
 impl HttpConnector for ThrottledConnector {
@@ -83,6 +87,7 @@ impl HttpConnector for ThrottledConnector {
         Ok(HttpClient::new(ThrottledService {
             inner,
             throttle: self.throttle.clone(),
+            requests: self.requests.clone(),
         }))
     }
 }
@@ -91,6 +96,7 @@ impl HttpConnector for ThrottledConnector {
 struct ThrottledService {
     inner: HttpClient,
     throttle: Arc<Throttle>,
+    requests: Arc<tokio::sync::Semaphore>,
 }
 
 /// The error of a request not sent because the server asked for a pause.
@@ -108,6 +114,12 @@ impl HttpService for ThrottledService {
             }
             tokio::time::sleep(wait).await;
         }
+        // Held until the answer's headers: with HTTP/1.1 one request is one
+        // connection, so this also bounds the connections (kept alive and
+        // reused by the client's pool).
+        let Ok(_permit) = self.requests.acquire().await else {
+            unreachable!("the request budget is never closed");
+        };
         let resp = self.inner.execute(req).await?;
         let status = resp.status().as_u16();
         if status == 429 || status >= 500 {

@@ -2,13 +2,19 @@
 //! `nix copy --to file://…` lays it out, so any web server (or Nix itself,
 //! with `file://`) can serve it.
 //!
-//! Every file appears atomically and durably: written under a temporary
-//! name in the same directory, fsynced, renamed into place, and then the
-//! directory fsynced so the new name survives a crash too. The cache root
+//! Every file appears atomically: written under a temporary name in the
+//! same directory and renamed into place. Durability comes in groups (see
+//! [`group_sync`]), one `syncfs` serving every writer that asks meanwhile:
+//! a NAR is on disk before it gets its name; a narinfo is renamed into
+//! place only after a sync that covers its NAR's name and its listing, and
+//! its writer is told "done" only after a sync that covers the narinfo's
+//! own name. So a crash never leaves a narinfo whose NAR is not on disk,
+//! and a path reported uploaded is on disk. The cache root
 //! itself is never created: when it lives on a filesystem that is not
 //! mounted it is simply missing, and recreating it would fill the
 //! filesystem underneath the mount point.
 
+mod group_sync;
 mod writeback;
 
 use std::fs::{self, File, OpenOptions};
@@ -25,6 +31,7 @@ use crate::target::{
     BoxFuture, NarWriter, Target, check_drv_name, check_hash_part, check_nar_name,
     check_realisation_id,
 };
+use group_sync::GroupSync;
 use writeback::WritebackFile;
 
 /// Cache files are served to others: world-readable, like Nix makes them.
@@ -37,6 +44,9 @@ pub struct FileTarget {
     root: PathBuf,
     id: String,
     cache_info_ok: AtomicBool,
+    /// NARs written at once (`max-connections`).
+    nar_slots: tokio::sync::Semaphore,
+    sync: std::sync::Arc<GroupSync>,
 }
 
 impl FileTarget {
@@ -45,10 +55,18 @@ impl FileTarget {
     pub fn new(root: PathBuf) -> Self {
         let id = format!("file://{}", root.display());
         Self {
-            root,
             id,
             cache_info_ok: AtomicBool::new(false),
+            nar_slots: tokio::sync::Semaphore::new(crate::DEFAULT_FILE_CONNECTIONS),
+            sync: std::sync::Arc::new(GroupSync::new(root.clone())),
+            root,
         }
+    }
+
+    /// Writes at most `n` NARs at once.
+    pub fn with_connections(mut self, n: usize) -> Self {
+        self.nar_slots = tokio::sync::Semaphore::new(n);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -96,6 +114,10 @@ impl Target for FileTarget {
         &self.id
     }
 
+    fn nar_slots(&self) -> Option<&tokio::sync::Semaphore> {
+        Some(&self.nar_slots)
+    }
+
     fn ensure_cache_info<'a>(
         &'a self,
         store_dir: &'a StoreDir,
@@ -138,7 +160,8 @@ impl Target for FileTarget {
     ) -> BoxFuture<'a, Result<(), UploadError>> {
         Box::pin(async move {
             check_hash_part(hash_part)?;
-            self.put(format!("{hash_part}.ls"), json.as_bytes().to_vec())
+            // Not synced: the narinfo's first sync covers it.
+            self.put_volatile(format!("{hash_part}.ls"), json.as_bytes().to_vec())
                 .await
         })
     }
@@ -184,18 +207,51 @@ impl Target for FileTarget {
 
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>> {
         Box::pin(async move {
-            let (dir, id) = (self.root.join("nar"), self.id.clone());
-            let w = blocking(move || FileNarWriter::create(dir, id)).await?;
+            let (dir, id, sync) = (self.root.join("nar"), self.id.clone(), self.sync.clone());
+            let w = blocking(move || FileNarWriter::create(dir, id, sync)).await?;
             Ok(Box::new(w) as Box<dyn NarWriter>)
         })
     }
 }
 
 impl FileTarget {
+    /// Writes `name` durably: under a temporary name, a sync (which also
+    /// makes durable whatever was written before, such as this narinfo's
+    /// NAR), the rename, and a sync of the new name.
     async fn put(&self, name: String, data: Vec<u8>) -> Result<(), UploadError> {
         let (path, id) = (self.root.join(name), self.id.clone());
+        let tmp = {
+            let (path, id) = (path.clone(), id.clone());
+            blocking(move || write_temp(&path, &data).map_err(|e| io_err(&id, "write", &path, e)))
+                .await?
+        };
+        let synced = self.sync.barrier().await;
+        let renamed = match synced {
+            Ok(()) => {
+                let (tmp, path) = (tmp.clone(), path.clone());
+                blocking(move || Ok(fs::rename(&tmp, &path))).await?
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = renamed {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&id, "write", &path, e));
+        }
+        self.sync
+            .barrier()
+            .await
+            .map_err(|e| io_err(&id, "sync", &path, e))
+    }
+
+    /// Writes `name` atomically but without a sync of its own.
+    async fn put_volatile(&self, name: String, data: Vec<u8>) -> Result<(), UploadError> {
+        let (path, id) = (self.root.join(name), self.id.clone());
         blocking(move || {
-            atomic_write::write(&path, &data, FILE_MODE, true).map_err(|e| from_atomic(&id, e))
+            let tmp = write_temp(&path, &data).map_err(|e| io_err(&id, "write", &path, e))?;
+            fs::rename(&tmp, &path).map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                io_err(&id, "write", &path, e)
+            })
         })
         .await
     }
@@ -226,6 +282,31 @@ impl FileTarget {
             .await?;
         self.put(format!("{dir}/{name}"), data).await
     }
+}
+
+/// Writes `data` to a new temporary file beside `path` (named as
+/// `atomic_write` names them, so the stale-temp sweep knows it) and
+/// returns its name. No sync.
+fn write_temp(path: &Path, data: &[u8]) -> io::Result<PathBuf> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.w{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(&tmp)?;
+    if let Err(e) = f.write_all(data) {
+        drop(f);
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
 }
 
 /// Checks the root, creates `nar/`, and writes or checks `nix-cache-info`.
@@ -346,10 +427,15 @@ struct FileNarWriter {
     file: Option<BufWriter<WritebackFile>>,
     /// Set once the temporary file has been renamed (or removed).
     done: bool,
+    sync: std::sync::Arc<GroupSync>,
 }
 
 impl FileNarWriter {
-    fn create(dir: PathBuf, id: String) -> Result<Self, UploadError> {
+    fn create(
+        dir: PathBuf,
+        id: String,
+        sync: std::sync::Arc<GroupSync>,
+    ) -> Result<Self, UploadError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let mut made_dir = false;
         loop {
@@ -377,6 +463,7 @@ impl FileNarWriter {
                             WritebackFile::new(f),
                         )),
                         done: false,
+                        sync,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -398,21 +485,24 @@ impl FileNarWriter {
             .ok_or_else(|| io::Error::other("NAR writer already finished"))
     }
 
-    fn finish_sync(mut self, name: String) -> Result<String, UploadError> {
-        check_nar_name(&name)?;
+    /// Writes out what is buffered and closes the temporary file.
+    fn close(&mut self) -> Result<(), UploadError> {
         let file = self.file.take().expect("finish is called once");
         let file = file
             .into_inner()
-            .map_err(|e| io_err(&self.id, "write", &self.tmp, e.into_error()))?
-            .into_inner();
-        file.sync_all()
-            .map_err(|e| io_err(&self.id, "sync", &self.tmp, e))?;
-        drop(file);
-        let dest = self.dir.join(&name);
+            .map_err(|e| io_err(&self.id, "write", &self.tmp, e.into_error()))?;
+        drop(file.into_inner());
+        Ok(())
+    }
+
+    /// Gives the (synced) temporary file its real name. Renaming over an
+    /// existing NAR of that name is safe: names are content hashes, and
+    /// both files are on disk.
+    fn rename(&mut self, name: &str) -> Result<(), UploadError> {
+        let dest = self.dir.join(name);
         fs::rename(&self.tmp, &dest).map_err(|e| io_err(&self.id, "rename into", &dest, e))?;
         self.done = true;
-        sync_dir(&self.dir).map_err(|e| io_err(&self.id, "sync", &self.dir, e))?;
-        Ok(name)
+        Ok(())
     }
 }
 
@@ -437,7 +527,21 @@ impl NarWriter for FileNarWriter {
         self: Box<Self>,
         file_name: String,
     ) -> BoxFuture<'static, Result<String, UploadError>> {
-        Box::pin(blocking(move || (*self).finish_sync(file_name)))
+        Box::pin(async move {
+            check_nar_name(&file_name)?;
+            let mut w = blocking(move || {
+                let mut w = self;
+                w.close().map(|()| w)
+            })
+            .await?;
+            // On disk before it has its name: a NAR that two paths share
+            // (same contents) may replace a file a published narinfo
+            // names, which must never become a torn file after a crash.
+            // One sync serves every writer that asks meanwhile.
+            let synced = w.sync.barrier().await;
+            synced.map_err(|e| io_err(&w.id, "sync", &w.tmp, e))?;
+            blocking(move || w.rename(&file_name).map(|()| file_name)).await
+        })
     }
 
     fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {

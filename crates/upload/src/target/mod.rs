@@ -164,6 +164,13 @@ pub trait Target: Send + Sync {
     /// [`NarWriter::prepare`] before writing; a target wrapping another
     /// hands its writer through untouched.
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>>;
+
+    /// The slots that NAR uploads to this target take, one each while the
+    /// NAR goes up: its `max-connections`, shared by every job that uploads
+    /// through this target object. `None`: a few (test doubles).
+    fn nar_slots(&self) -> Option<&tokio::sync::Semaphore> {
+        None
+    }
 }
 
 /// The right to upload one path to one cache; see
@@ -222,7 +229,9 @@ pub trait NarWriter: Write + Send {
 /// them until the first upload.
 pub fn open_target(cfg: &TargetConfig) -> Result<Arc<dyn Target>, UploadError> {
     Ok(match &cfg.location {
-        TargetLocation::File { root } => Arc::new(FileTarget::new(root.clone())),
+        TargetLocation::File { root } => {
+            Arc::new(FileTarget::new(root.clone()).with_connections(cfg.connections()))
+        }
         TargetLocation::S3 { .. } | TargetLocation::Http { .. } => {
             Arc::new(ObjectStoreTarget::open(cfg)?)
         }

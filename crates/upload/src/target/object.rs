@@ -49,6 +49,8 @@ pub struct ObjectStoreTarget {
     cache_info_ok: AtomicBool,
     /// What the server said about when to come back.
     throttle: Arc<Throttle>,
+    /// One per NAR in flight (`max-connections`, like the requests).
+    nar_slots: tokio::sync::Semaphore,
 }
 
 impl ObjectStoreTarget {
@@ -73,8 +75,10 @@ impl ObjectStoreTarget {
             retry_timeout: Duration::from_secs(120),
         };
         let throttle = Arc::new(Throttle::default());
+        let requests = Arc::new(tokio::sync::Semaphore::new(cfg.connections()));
         let connector = || ThrottledConnector {
             throttle: throttle.clone(),
+            requests: requests.clone(),
         };
         // Multipart S3 uploads only: finds those whose id was lost.
         let mut cleanup = None;
@@ -129,7 +133,7 @@ impl ObjectStoreTarget {
                         s3.clone(),
                         bucket_url,
                         &options,
-                        throttle.clone(),
+                        connector(),
                         region,
                         &id,
                     )
@@ -165,6 +169,7 @@ impl ObjectStoreTarget {
             multipart: (is_s3 && cfg.multipart_upload).then(|| cfg.clone()),
             cache_info_ok: AtomicBool::new(false),
             throttle,
+            nar_slots: tokio::sync::Semaphore::new(cfg.connections()),
         })
     }
 
@@ -251,6 +256,10 @@ const LOG_TYPE: &str = "text/plain; charset=utf-8";
 impl Target for ObjectStoreTarget {
     fn id(&self) -> &str {
         &self.remote.id
+    }
+
+    fn nar_slots(&self) -> Option<&tokio::sync::Semaphore> {
+        Some(&self.nar_slots)
     }
 
     fn retry_after(&self) -> Option<Duration> {

@@ -4,10 +4,10 @@ use thiserror::Error;
 
 /// The parameters every target accepts, for error messages.
 pub(crate) const COMMON: &str =
-    "compression, compression-level, parallel-compression, write-nar-listing";
+    "compression, compression-level, parallel-compression, write-nar-listing, max-connections";
 /// What an `s3://` target accepts, for error messages.
 pub(crate) const S3_ACCEPTED: &str = "compression, compression-level, parallel-compression, \
-     write-nar-listing, region, endpoint, scheme, profile, multipart-upload, multipart-chunk-size";
+     write-nar-listing, max-connections, region, endpoint, scheme, profile, multipart-upload, multipart-chunk-size";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TargetUrlError {

@@ -71,7 +71,20 @@ pub struct TargetConfig {
     /// S3 only: the part size in bytes, 5 MiB to 5 GiB; `None`: 8 MiB. It
     /// is raised for a NAR too large to fit in 10,000 parts of this size.
     pub multipart_chunk_size: Option<u64>,
+    /// `max-connections`: requests in flight to this cache at once (for
+    /// file://, NARs written at once), shared by every job; `None`: the
+    /// default for its kind (see [`TargetConfig::connections`]).
+    pub max_connections: Option<usize>,
 }
+
+/// Requests in flight to a remote cache by default: enough to fill a link
+/// 100 ms away with small paths, far from what servers refuse.
+pub const DEFAULT_REMOTE_CONNECTIONS: usize = 32;
+/// NARs written at once to a file:// cache by default: the work is the
+/// compressor's, so a few more than the cores.
+pub const DEFAULT_FILE_CONNECTIONS: usize = 4;
+/// The largest `max-connections` accepted.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 impl TargetConfig {
     pub fn parse(url: &str) -> Result<Self, TargetUrlError> {
@@ -85,6 +98,14 @@ impl TargetConfig {
     /// must keep its target (see [`TargetLocation::id`]).
     pub fn id(&self) -> String {
         self.location.id()
+    }
+
+    /// The effective `max-connections`.
+    pub fn connections(&self) -> usize {
+        self.max_connections.unwrap_or(match self.location {
+            TargetLocation::File { .. } => DEFAULT_FILE_CONNECTIONS,
+            _ => DEFAULT_REMOTE_CONNECTIONS,
+        })
     }
 
     /// The effective compression level (`None` for no compression).
@@ -147,6 +168,9 @@ impl fmt::Display for TargetConfig {
         }
         if let Some(n) = self.multipart_chunk_size {
             params.push(format!("multipart-chunk-size={n}"));
+        }
+        if let Some(n) = self.max_connections {
+            params.push(format!("max-connections={n}"));
         }
         if !params.is_empty() {
             // The location may already carry S3 parameters.
@@ -212,6 +236,7 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
         write_nar_listing: false,
         multipart_upload: true,
         multipart_chunk_size: None,
+        max_connections: None,
     };
     let mut seen: Vec<&str> = Vec::new();
     let mut level: Option<i64> = None;
@@ -279,6 +304,15 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
                 cfg.parallel_compression = Some(boolean("parallel-compression")?);
             }
             ("write-nar-listing", _) => cfg.write_nar_listing = boolean("write-nar-listing")?,
+            ("max-connections", _) => {
+                let n = value
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+                    .ok_or_else(|| {
+                        bad("max-connections", "a number of connections from 1 to 1024")
+                    })?;
+                cfg.max_connections = Some(n);
+            }
             ("secret-key" | "secret-keys", _) => {
                 return Err(TargetUrlError::SecretKeyParam { url: u() });
             }
