@@ -157,6 +157,10 @@ pub struct Counts {
     pub throttled: u64,
     /// Requests the upstream could not be reached for (answered `502`).
     pub upstream_errors: u64,
+    /// Requests being handled now (received, response head not yet
+    /// returned), and the most there ever were at once.
+    pub in_flight: u64,
+    pub max_in_flight: u64,
 }
 
 impl Counts {
@@ -180,6 +184,8 @@ struct Shared {
     /// Open client connections, aborted all at once by `down`.
     conns: Mutex<JoinSet<()>>,
     fill_in: Mutex<Option<FillIn>>,
+    /// The round-trip time added (see [`FaultProxy::set_latency`]).
+    latency: Mutex<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -227,6 +233,7 @@ impl FaultProxy {
             pace_down: Arc::default(),
             conns: Mutex::new(JoinSet::new()),
             fill_in: Mutex::new(None),
+            latency: Mutex::new(Duration::ZERO),
         });
         let (listener, addr) = rt
             .block_on(listen((Ipv4Addr::LOCALHOST, 0).into()))
@@ -297,6 +304,15 @@ impl FaultProxy {
         self.shared.note("up".to_owned());
     }
 
+    /// Makes the cache `rtt` away (this kernel has no netem): a new
+    /// connection waits one `rtt` before its first request is read (the
+    /// TCP handshake), every request half of it before it goes upstream,
+    /// and every answer the other half before it goes back.
+    pub fn set_latency(&self, rtt: Duration) {
+        self.shared.note(format!("latency: {rtt:?}"));
+        *lock(&self.shared.latency) = rtt;
+    }
+
     pub fn counts(&self) -> Counts {
         *lock(&self.shared.counts)
     }
@@ -348,6 +364,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 
 async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    let rtt = *lock(&shared.latency);
+    if !rtt.is_zero() {
+        tokio::time::sleep(rtt).await;
+    }
     let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let io = TokioIo::new(ResettableStream {
         inner: stream,
@@ -376,6 +396,27 @@ enum Injected {
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
+    reset: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Response<ProxyBody>, Injected> {
+    shared.count(|c| {
+        c.in_flight += 1;
+        c.max_in_flight = c.max_in_flight.max(c.in_flight);
+    });
+    let half = *lock(&shared.latency) / 2;
+    if !half.is_zero() {
+        tokio::time::sleep(half).await;
+    }
+    let res = handle_fault(req, &shared, reset).await;
+    if !half.is_zero() {
+        tokio::time::sleep(half).await;
+    }
+    shared.count(|c| c.in_flight -= 1);
+    res
+}
+
+async fn handle_fault(
+    req: Request<Incoming>,
+    shared: &Arc<Shared>,
     reset: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Response<ProxyBody>, Injected> {
     let n = {

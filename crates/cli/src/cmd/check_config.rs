@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use nix_outbox_core::keys;
 use nix_outbox_daemon::Config;
+use nix_outbox_upload::TargetLocation;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -66,6 +67,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ""
             }
         );
+        let what = match t.location {
+            TargetLocation::File { .. } => "NARs written at once",
+            _ => "requests in flight, shared by every job",
+        };
+        let how = match t.max_connections {
+            Some(_) => "max-connections in its URL",
+            None => "the default; set max-connections=N in its URL",
+        };
+        println!("  max-connections {}: {what} ({how})", t.connections());
     }
     print_filters(&cfg);
     let mut problems = 0;

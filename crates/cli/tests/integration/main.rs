@@ -8,6 +8,7 @@
 mod support;
 
 mod cache_extras;
+mod concurrent;
 mod copy;
 mod crash_loop;
 mod e2e;

@@ -242,3 +242,27 @@ fn level_ranges_follow_the_final_compression() {
         TargetUrlError::LevelWithoutCompression { .. }
     ));
 }
+
+#[test]
+fn max_connections_is_a_bounded_count_with_a_default_per_kind() {
+    for bad in ["0", "-1", "1025", "99999999999999999999", "many", ""] {
+        let url = format!("http://cache.example/?max-connections={bad}");
+        match err(&url) {
+            TargetUrlError::BadValue {
+                param, expected, ..
+            } => {
+                assert_eq!(param, "max-connections");
+                assert!(expected.contains("1 to 1024"), "{expected}");
+            }
+            TargetUrlError::MalformedParam { .. } if bad.is_empty() => {}
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    let c = TargetConfig::parse("s3://bucket?max-connections=7").unwrap();
+    assert_eq!((c.max_connections, c.connections()), (Some(7), 7));
+    assert_eq!(c.to_string(), "s3://bucket?max-connections=7");
+    let http = TargetConfig::parse("https://cache.example").unwrap();
+    assert_eq!(http.connections(), crate::DEFAULT_REMOTE_CONNECTIONS);
+    let file = TargetConfig::parse("file:///c").unwrap();
+    assert_eq!(file.connections(), crate::DEFAULT_FILE_CONNECTIONS);
+}
