@@ -444,7 +444,7 @@ async fn handle_fault(
     match fault {
         None => {
             shared.count(|c| c.passed += 1);
-            Ok(forward(req, &shared, None, false).await)
+            Ok(forward(req, shared, None, false).await)
         }
         Some(Fault::SlowDown { retry_after_secs }) => {
             shared.count(|c| c.slow_down += 1);
@@ -460,12 +460,12 @@ async fn handle_fault(
         Some(Fault::Stall { secs }) => {
             shared.count(|c| c.stall += 1);
             tokio::time::sleep(Duration::from_secs(secs)).await;
-            Ok(forward(req, &shared, None, false).await)
+            Ok(forward(req, shared, None, false).await)
         }
         Some(Fault::TruncateResponse) => {
             shared.count(|c| c.truncated += 1);
             let is_head = req.method() == hyper::Method::HEAD;
-            let resp = forward(req, &shared, None, true).await;
+            let resp = forward(req, shared, None, true).await;
             let empty = is_head || resp.body().size_hint().exact() == Some(0);
             if empty && resp.status() != StatusCode::BAD_GATEWAY {
                 return Err(Injected::Truncated);
@@ -474,7 +474,7 @@ async fn handle_fault(
         }
         Some(Fault::Throttle { bytes_per_sec }) => {
             shared.count(|c| c.throttled += 1);
-            Ok(forward(req, &shared, Some(bytes_per_sec.max(1)), false).await)
+            Ok(forward(req, shared, Some(bytes_per_sec.max(1)), false).await)
         }
     }
 }
