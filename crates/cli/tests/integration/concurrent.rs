@@ -100,13 +100,8 @@ fn a_wide_closure_goes_up_concurrently_within_its_limit_and_consistent_at_every_
     )
     .unwrap();
     let server = WebDavServer::start();
-    let proxy = FaultProxy::start(
-        &server
-            .url("")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned(),
-    );
+    let upstream = server.url("");
+    let proxy = FaultProxy::start(upstream.trim_start_matches("http://").trim_end_matches('/'));
     proxy.set_latency(Duration::from_millis(20));
     let (root, leaves) = wide_closure("concurrent");
     let victim = &leaves[7];
