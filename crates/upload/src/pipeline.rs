@@ -21,6 +21,9 @@ use crate::nar_writer::sink::NarSink;
 use crate::target::Target;
 use crate::url::TargetConfig;
 
+/// NARs up to this size finish their compression on the calling thread.
+const INLINE_FINISH: u64 = 64 * 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathOutcome {
     /// NAR and narinfo are in the cache. Sizes in bytes.
@@ -126,10 +129,17 @@ pub(crate) async fn upload_nar(
         }) => return Err(write_error(e)),
         Err(e) => return Err(e.into()),
     };
-    let streamed = tokio::task::spawn_blocking(move || sink.finish())
-        .await
-        .map_err(|e| UploadError::Internal(format!("compression task failed: {e}")))?
-        .map_err(write_error)?;
+    // Ending the compression of a small NAR takes microseconds: a hop to a
+    // blocking thread and back would cost more (closures of thousands of
+    // tiny paths spent their time switching threads).
+    let streamed = if info.nar_size != 0 && info.nar_size <= INLINE_FINISH {
+        sink.finish()
+    } else {
+        tokio::task::spawn_blocking(move || sink.finish())
+            .await
+            .map_err(|e| UploadError::Internal(format!("compression task failed: {e}")))?
+    }
+    .map_err(write_error)?;
 
     let actual = streamed.nar;
     if actual.hash != expected.hash || (expected.size != 0 && actual.size != expected.size) {

@@ -55,12 +55,14 @@ pub struct InFlightJob {
     pub closure_paths: Option<u64>,
     /// Of those, how many the target lacked, once asked.
     pub to_upload: Option<u64>,
-    /// NAR uploads started so far (the current one included).
+    /// NAR uploads started so far (those in flight included).
     pub nars_started: u64,
-    /// The NAR size the store records for the path uploading now.
-    pub current_nar_size: Option<u64>,
-    /// Compressed bytes written for the path uploading now.
-    pub current_written: u64,
+    /// NARs going up right now (a closure's paths go up concurrently).
+    pub nars_in_flight: u64,
+    /// Paths published (narinfo written) so far.
+    pub published: u64,
+    /// The NAR sizes the store records for the NARs in flight, summed.
+    pub in_flight_nar_bytes: u64,
     /// Compressed bytes written for the whole job so far.
     pub written: u64,
     /// `written` over the time since `started_at`.
@@ -103,8 +105,9 @@ pub struct JobProgress {
     closure_paths: AtomicU64,
     to_upload: AtomicU64,
     nars_started: AtomicU64,
-    current_nar_size: AtomicU64,
-    current_written: AtomicU64,
+    nars_in_flight: AtomicU64,
+    published: AtomicU64,
+    in_flight_nar_bytes: AtomicU64,
     written: AtomicU64,
 }
 
@@ -146,8 +149,9 @@ impl InFlight {
             closure_paths: AtomicU64::new(u64::MAX),
             to_upload: AtomicU64::new(u64::MAX),
             nars_started: AtomicU64::new(0),
-            current_nar_size: AtomicU64::new(u64::MAX),
-            current_written: AtomicU64::new(0),
+            nars_in_flight: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            in_flight_nar_bytes: AtomicU64::new(0),
             written: AtomicU64::new(0),
         });
         let mut s = self.lock();
@@ -192,8 +196,9 @@ impl InFlight {
                     closure_paths: known(&j.closure_paths),
                     to_upload: known(&j.to_upload),
                     nars_started: j.nars_started.load(Relaxed),
-                    current_nar_size: known(&j.current_nar_size),
-                    current_written: j.current_written.load(Relaxed),
+                    nars_in_flight: j.nars_in_flight.load(Relaxed),
+                    published: j.published.load(Relaxed),
+                    in_flight_nar_bytes: j.in_flight_nar_bytes.load(Relaxed),
                     written,
                     bytes_per_second: if secs > 0.0 {
                         (written as f64 / secs) as u64
@@ -264,7 +269,11 @@ impl Target for Tracked<'_> {
         hash_part: &'a str,
         text: &'a str,
     ) -> BoxFuture<'a, Result<(), UploadError>> {
-        self.inner.put_narinfo(hash_part, text)
+        Box::pin(async move {
+            self.inner.put_narinfo(hash_part, text).await?;
+            self.progress.published.fetch_add(1, Relaxed);
+            Ok(())
+        })
     }
     fn put_listing<'a>(
         &'a self,
@@ -299,21 +308,39 @@ impl Target for Tracked<'_> {
             Ok(Box::new(Counting {
                 inner,
                 progress: self.progress.clone(),
+                counted: None,
             }) as Box<dyn NarWriter>)
         })
     }
 }
 
-/// A NAR writer counting the bytes it passes on.
+/// A NAR writer counting the bytes it passes on, and itself among the
+/// NARs in flight from `prepare` until it is finished, aborted or dropped.
 struct Counting {
     inner: Box<dyn NarWriter>,
     progress: Arc<JobProgress>,
+    /// The NAR size added to `in_flight_nar_bytes`, once counted in flight.
+    counted: Option<u64>,
+}
+
+impl Counting {
+    fn done(&mut self) {
+        if let Some(size) = self.counted.take() {
+            self.progress.nars_in_flight.fetch_sub(1, Relaxed);
+            self.progress.in_flight_nar_bytes.fetch_sub(size, Relaxed);
+        }
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.done();
+    }
 }
 
 impl Write for Counting {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.progress.current_written.fetch_add(n as u64, Relaxed);
         self.progress.written.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
@@ -330,24 +357,56 @@ impl NarWriter for Counting {
     ) -> Result<(), UploadError> {
         let p = &self.progress;
         p.nars_started.fetch_add(1, Relaxed);
-        // NarSize 0: a store too old to record it; unknown.
-        let size = if expected.size == 0 {
-            u64::MAX
-        } else {
-            expected.size
-        };
-        p.current_nar_size.store(size, Relaxed);
-        p.current_written.store(0, Relaxed);
+        if self.counted.is_none() {
+            p.nars_in_flight.fetch_add(1, Relaxed);
+            // NarSize 0: a store too old to record it; counted as 0.
+            p.in_flight_nar_bytes.fetch_add(expected.size, Relaxed);
+            self.counted = Some(expected.size);
+        }
         self.inner.prepare(expected, compression)
     }
     fn finish(
-        self: Box<Self>,
+        mut self: Box<Self>,
         file_name: String,
     ) -> BoxFuture<'static, Result<String, UploadError>> {
-        self.inner.finish(file_name)
+        let inner = std::mem::replace(&mut self.inner, Box::new(Finished));
+        let progress = self.progress.clone();
+        let counted = self.counted.take();
+        drop(self);
+        Box::pin(async move {
+            let res = inner.finish(file_name).await;
+            if let Some(size) = counted {
+                progress.nars_in_flight.fetch_sub(1, Relaxed);
+                progress.in_flight_nar_bytes.fetch_sub(size, Relaxed);
+            }
+            res
+        })
+    }
+    fn abort(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        let inner = std::mem::replace(&mut self.inner, Box::new(Finished));
+        self.done();
+        inner.abort()
+    }
+}
+
+/// What a [`Counting`] holds once its writer was handed on.
+struct Finished;
+
+impl Write for Finished {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("NAR writer already finished"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl NarWriter for Finished {
+    fn finish(self: Box<Self>, _: String) -> BoxFuture<'static, Result<String, UploadError>> {
+        Box::pin(async { Err(UploadError::Internal("NAR writer already finished".into())) })
     }
     fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
-        self.inner.abort()
+        Box::pin(async {})
     }
 }
 
@@ -423,3 +482,6 @@ fn write_file(path: &Path, file: &ProgressFile) -> Result<(), String> {
     // second and worthless after a crash (readers check its pid).
     atomic_write::replace_volatile(path, &bytes, 0o600).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -96,6 +96,24 @@ fn from_atomic(target: &str, e: AtomicWriteError) -> UploadError {
     }
 }
 
+/// Files up to this size are written on the calling thread: creating and
+/// writing a narinfo takes microseconds, and a hop to a blocking thread
+/// and back cost more than that (thousands of small paths spent their
+/// time switching threads).
+const INLINE_WRITE: usize = 64 * 1024;
+
+/// Runs `f`, writing `len` bytes, inline if small, else off the runtime.
+async fn small_io<T: Send + 'static>(
+    len: usize,
+    f: impl FnOnce() -> Result<T, UploadError> + Send + 'static,
+) -> Result<T, UploadError> {
+    if len <= INLINE_WRITE {
+        f()
+    } else {
+        blocking(f).await
+    }
+}
+
 /// Runs filesystem work off the async runtime's threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, UploadError> + Send + 'static,
@@ -208,7 +226,8 @@ impl Target for FileTarget {
     fn begin_nar(&self) -> BoxFuture<'_, Result<Box<dyn NarWriter>, UploadError>> {
         Box::pin(async move {
             let (dir, id, sync) = (self.root.join("nar"), self.id.clone(), self.sync.clone());
-            let w = blocking(move || FileNarWriter::create(dir, id, sync)).await?;
+            // Creating a file: one metadata update, no thread hop.
+            let w = FileNarWriter::create(dir, id, sync)?;
             Ok(Box::new(w) as Box<dyn NarWriter>)
         })
     }
@@ -222,15 +241,14 @@ impl FileTarget {
         let (path, id) = (self.root.join(name), self.id.clone());
         let tmp = {
             let (path, id) = (path.clone(), id.clone());
-            blocking(move || write_temp(&path, &data).map_err(|e| io_err(&id, "write", &path, e)))
-                .await?
+            small_io(data.len(), move || {
+                write_temp(&path, &data).map_err(|e| io_err(&id, "write", &path, e))
+            })
+            .await?
         };
-        let synced = self.sync.barrier().await;
-        let renamed = match synced {
-            Ok(()) => {
-                let (tmp, path) = (tmp.clone(), path.clone());
-                blocking(move || Ok(fs::rename(&tmp, &path))).await?
-            }
+        let renamed = match self.sync.barrier().await {
+            // A rename is one metadata update: not worth a thread hop.
+            Ok(()) => fs::rename(&tmp, &path),
             Err(e) => Err(e),
         };
         if let Err(e) = renamed {
@@ -246,7 +264,7 @@ impl FileTarget {
     /// Writes `name` atomically but without a sync of its own.
     async fn put_volatile(&self, name: String, data: Vec<u8>) -> Result<(), UploadError> {
         let (path, id) = (self.root.join(name), self.id.clone());
-        blocking(move || {
+        small_io(data.len(), move || {
             let tmp = write_temp(&path, &data).map_err(|e| io_err(&id, "write", &path, e))?;
             fs::rename(&tmp, &path).map_err(|e| {
                 let _ = fs::remove_file(&tmp);
@@ -529,18 +547,29 @@ impl NarWriter for FileNarWriter {
     ) -> BoxFuture<'static, Result<String, UploadError>> {
         Box::pin(async move {
             check_nar_name(&file_name)?;
-            let mut w = blocking(move || {
+            // What is left to write of a small NAR fits in the buffer: one
+            // write, not worth a thread hop.
+            let small = self
+                .file
+                .as_ref()
+                .is_some_and(|f| f.get_ref().written() == 0);
+            let mut w = if small {
                 let mut w = self;
-                w.close().map(|()| w)
-            })
-            .await?;
+                w.close().map(|()| w)?
+            } else {
+                blocking(move || {
+                    let mut w = self;
+                    w.close().map(|()| w)
+                })
+                .await?
+            };
             // On disk before it has its name: a NAR that two paths share
             // (same contents) may replace a file a published narinfo
             // names, which must never become a torn file after a crash.
             // One sync serves every writer that asks meanwhile.
             let synced = w.sync.barrier().await;
             synced.map_err(|e| io_err(&w.id, "sync", &w.tmp, e))?;
-            blocking(move || w.rename(&file_name).map(|()| file_name)).await
+            w.rename(&file_name).map(|()| file_name)
         })
     }
 

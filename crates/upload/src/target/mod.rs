@@ -31,7 +31,7 @@ use object::ObjectStoreTarget;
 /// a WAN round trip (32 × ~50 ms ≈ 640 checks/s), few enough that S3's
 /// per-prefix request rate (5,500 GET/HEAD per second) is never a concern
 /// even with every worker asking at once.
-pub const EXISTENCE_CONCURRENCY: usize = 32;
+pub const EXISTENCE_CONCURRENCY: usize = 64;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

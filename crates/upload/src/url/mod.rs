@@ -79,10 +79,10 @@ pub struct TargetConfig {
 
 /// Requests in flight to a remote cache by default: enough to fill a link
 /// 100 ms away with small paths, far from what servers refuse.
-pub const DEFAULT_REMOTE_CONNECTIONS: usize = 32;
+pub const DEFAULT_REMOTE_CONNECTIONS: usize = 64;
 /// NARs written at once to a file:// cache by default: the work is the
 /// compressor's, so a few more than the cores.
-pub const DEFAULT_FILE_CONNECTIONS: usize = 4;
+pub const DEFAULT_FILE_CONNECTIONS: usize = 16;
 /// The largest `max-connections` accepted.
 pub const MAX_CONNECTIONS: usize = 1024;
 

@@ -181,20 +181,22 @@ fn skip_label(c: &SkipCount) -> String {
     }
 }
 
-/// `foo-1.0: 12.3 MiB written, NAR 100.0 MiB, path 2 of 5, 4.1 MiB/s, for 3s`
+/// `foo-1.0: 12.3 MiB written, 2 of 5 paths published, 3 NARs (100.0 MiB)
+/// going up, 4.1 MiB/s, for 3s`
 fn uploading_line(j: &InFlightJob, now: i64) -> String {
     let mut line = format!("{}: {} written", j.path, human_bytes(j.written));
-    if let Some(size) = j.current_nar_size {
-        let _ = write!(
-            line,
-            " (current NAR {} of {})",
-            human_bytes(j.current_written),
-            human_bytes(size)
-        );
-    }
     match j.to_upload {
         Some(to_upload) if to_upload > 0 => {
-            let _ = write!(line, ", path {} of {to_upload}", j.nars_started.max(1));
+            let _ = write!(line, ", {} of {to_upload} paths published", j.published);
+            if j.nars_in_flight > 0 {
+                let _ = write!(
+                    line,
+                    ", {} NAR{} ({}) going up",
+                    j.nars_in_flight,
+                    if j.nars_in_flight == 1 { "" } else { "s" },
+                    human_bytes(j.in_flight_nar_bytes)
+                );
+            }
         }
         Some(_) => line += ", checking",
         None => line += ", computing the closure",
@@ -264,19 +266,19 @@ mod tests {
             started_at: 100,
             closure_paths: Some(7),
             to_upload: Some(5),
-            nars_started: 2,
-            current_nar_size: Some(100 << 20),
-            current_written: 12_897_484,
+            nars_started: 4,
+            nars_in_flight: 3,
+            published: 2,
+            in_flight_nar_bytes: 100 << 20,
             written: 20 << 20,
             bytes_per_second: 4 << 20,
         };
         assert_eq!(
             uploading_line(&j, 103),
-            "aaaa-foo: 20.0 MiB written (current NAR 12.3 MiB of 100.0 MiB), path 2 of 5, 4.0 MiB/s, for 3s"
+            "aaaa-foo: 20.0 MiB written, 2 of 5 paths published, 3 NARs (100.0 MiB) going up, 4.0 MiB/s, for 3s"
         );
         let j = InFlightJob {
             to_upload: None,
-            current_nar_size: None,
             ..j
         };
         assert!(uploading_line(&j, 103).contains("computing the closure"));

@@ -30,6 +30,11 @@ impl WritebackFile {
         }
     }
 
+    /// Bytes written to the file so far.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+
     pub(crate) fn into_inner(self) -> File {
         self.file
     }
