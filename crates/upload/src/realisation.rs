@@ -134,6 +134,12 @@ fn parse(id: &str, json: &str) -> Result<Map<String, Value>, RealisationError> {
         return Err(malformed(id, "not a derivation output id"));
     }
     let v: Value = serde_json::from_str(json).map_err(|e| malformed(id, &e.to_string()))?;
+    // Found by fuzzing (realisation_json): a float does not survive a
+    // parse and re-print unchanged, so the fingerprint we sign would not
+    // be the one a reader computes. Nix writes none in a realisation.
+    if has_float(&v) {
+        return Err(malformed(id, "it holds a number that is not an integer"));
+    }
     let Value::Object(obj) = v else {
         return Err(malformed(id, "not a JSON object"));
     };
@@ -145,6 +151,16 @@ fn parse(id: &str, json: &str) -> Result<Map<String, Value>, RealisationError> {
         _ => return Err(malformed(id, "`outPath` is not a store path basename")),
     }
     Ok(obj)
+}
+
+/// Whether `v` holds a number that is not an integer.
+fn has_float(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(a) => a.iter().any(has_float),
+        Value::Object(m) => m.values().any(has_float),
+        _ => false,
+    }
 }
 
 /// nlohmann::json's `dump()`: compact, object keys in byte order. With
@@ -227,6 +243,20 @@ mod tests {
         );
         // Signing again adds nothing.
         assert_eq!(sign_realisation(ID, &signed, &[key]).unwrap(), signed);
+    }
+
+    /// Found by the realisation_json fuzz target: a float re-printed after
+    /// a parse is another number, so its fingerprint changed on signing.
+    #[test]
+    fn a_realisation_holding_a_float_is_refused() {
+        let with_float =
+            json("").replace(r#""signatures":[]"#, r#""signatures":[],"x":[4.44444e39]"#);
+        assert!(with_float.contains("4.44444e39"));
+        let e = sign_realisation(ID, &with_float, &[]).unwrap_err();
+        assert!(e.to_string().contains("not an integer"), "{e}");
+        assert!(realisation_fingerprint(ID, &with_float).is_err());
+        let with_int = json("").replace(r#""signatures":[]"#, r#""signatures":[],"x":[4]"#);
+        assert!(sign_realisation(ID, &with_int, &[]).is_ok());
     }
 
     #[test]
