@@ -3,7 +3,8 @@
 # `nix copy` in the same run:
 #
 #   bench/pipeline.sh        # REPS=3 by default; prints a Markdown table
-#   MODES="zstd xz s3"       # the rows to measure (default: all)
+#   MODES="zstd floor xz s3" # the rows to measure (default: all); floor:
+#                            # `nix-store --dump | zstd -3 -T2`, the physical floor
 #
 # The store path is a copy of /usr/lib/gcc and /usr/share/doc added with
 # `nix-store --add`. Each repetition uploads it to a fresh, empty file://
@@ -23,7 +24,7 @@ source "$(dirname "$0")/lib.sh"
 
 REPS=${REPS:-3}
 # Which rows to measure (xz takes ~10 min at REPS=3).
-MODES=${MODES:-zstd xz s3}
+MODES=${MODES:-zstd floor xz s3}
 
 bench_setup
 start_nix_daemon
@@ -68,6 +69,7 @@ run_pair() {
   local o n
   o=$(median "${ow[@]}")
   n=$(median "${nw[@]}")
+  [ "$mode" != zstd ] || ZSTD_OUTBOX=$o
   ROWS+=("| $mode | nix-outbox copy | $o | $(awk -v o="$o" -v n="$n" 'BEGIN { printf "%.2f×", n / o }') | $(median "${oc[@]}") | $(mib "$(median "${or[@]}")") | $(mb "$(median "${os[@]}")") | ${ow[*]} |")
   ROWS+=("| $mode | nix copy | $n | 1× | $(median "${nc[@]}") | $(mib "$(median "${nr[@]}")") | $(mb "$(median "${ns[@]}")") | ${nw[*]} |")
 }
@@ -84,7 +86,24 @@ run_s3() {
   ROWS+=("| zstd, S3 (s3s-fs) | nix-outbox copy | $(median "${w[@]}") | | $(median "${c[@]}") | $(mib "$(median "${r[@]}")") | $(mb "$(median "${s[@]}")") | ${w[*]} |")
 }
 
+# The physical floor of the zstd row: reading the NAR and compressing it
+# with both cores, to a file, nothing else (no hashing, no signing, no
+# sync): `nix-store --dump P | zstd -3 -T2`.
+run_floor() {
+  local rep w=()
+  command -v zstd >/dev/null || { apt-get install -y -qq zstd >&2; }
+  for rep in $(seq "$REPS"); do
+    BEFORE_EACH='rm -f "$WORK/floor.zst"; warm "$P"'
+    measure "$WORK/floor.log" bash -c 'nix-store --dump "$1" | zstd -q -3 -T2 -o "$2"' _ "$P" "$WORK/floor.zst"
+    w+=("$WALL")
+    note "floor rep $rep: $WALL s"
+  done
+  FLOOR=$(median "${w[@]}")
+  ROWS+=("| zstd | floor: \`nix-store --dump \| zstd -3 -T2\` | $FLOOR | | | | $(mb "$(stat -c %s "$WORK/floor.zst")") | ${w[*]} |")
+}
+
 case " $MODES " in *" zstd "*) run_pair zstd "compression=zstd" ;; esac
+case " $MODES " in *" floor "*) run_floor ;; esac
 # A minute per run: a disturbed one is repeated less often.
 case " $MODES " in *" xz "*) MAX_TRIES=4 run_pair xz "compression=xz&parallel-compression=true" ;; esac
 case " $MODES " in *" s3 "*) run_s3 ;; esac
@@ -97,3 +116,7 @@ echo
 echo "| compression | tool | wall s | speed-up | CPU s | peak RSS MiB | NAR files MB | all runs, wall s |"
 echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
+if [ -n "${FLOOR:-}" ] && [ -n "${ZSTD_OUTBOX:-}" ]; then
+  echo
+  echo "nix-outbox copy (zstd) against the floor: $(awk -v o="$ZSTD_OUTBOX" -v f="$FLOOR" 'BEGIN { printf "%.2f×", o / f }')"
+fi

@@ -246,7 +246,9 @@ impl FileTarget {
             })
             .await?
         };
-        let renamed = match self.sync.barrier().await {
+        // The temp file's data, and whatever this narinfo's NAR and
+        // listing need (named by their writers, or one syncfs).
+        let renamed = match self.sync.barrier(&[&tmp]).await {
             // A rename is one metadata update: not worth a thread hop.
             Ok(()) => fs::rename(&tmp, &path),
             Err(e) => Err(e),
@@ -255,15 +257,18 @@ impl FileTarget {
             let _ = fs::remove_file(&tmp);
             return Err(io_err(&id, "write", &path, e));
         }
+        let dir = path.parent().unwrap_or(&self.root).to_owned();
         self.sync
-            .barrier()
+            .barrier(&[&dir])
             .await
             .map_err(|e| io_err(&id, "sync", &path, e))
     }
 
-    /// Writes `name` atomically but without a sync of its own.
+    /// Writes `name` atomically but without a sync of its own: the next
+    /// sync (the narinfo's) covers it.
     async fn put_volatile(&self, name: String, data: Vec<u8>) -> Result<(), UploadError> {
         let (path, id) = (self.root.join(name), self.id.clone());
+        let written = path.clone();
         small_io(data.len(), move || {
             let tmp = write_temp(&path, &data).map_err(|e| io_err(&id, "write", &path, e))?;
             fs::rename(&tmp, &path).map_err(|e| {
@@ -271,7 +276,10 @@ impl FileTarget {
                 io_err(&id, "write", &path, e)
             })
         })
-        .await
+        .await?;
+        let dir = written.parent().unwrap_or(&self.root).to_owned();
+        self.sync.name(&[&written, &dir]);
+        Ok(())
     }
 
     /// Whether a narinfo, build log or realisation file exists (a symlink
@@ -520,6 +528,9 @@ impl FileNarWriter {
         let dest = self.dir.join(name);
         fs::rename(&self.tmp, &dest).map_err(|e| io_err(&self.id, "rename into", &dest, e))?;
         self.done = true;
+        // Its new entry in `nar/` is made durable by the next sync, which
+        // the narinfo's writer waits for before publishing.
+        self.sync.name(&[&self.dir]);
         Ok(())
     }
 }
@@ -567,7 +578,7 @@ impl NarWriter for FileNarWriter {
             // (same contents) may replace a file a published narinfo
             // names, which must never become a torn file after a crash.
             // One sync serves every writer that asks meanwhile.
-            let synced = w.sync.barrier().await;
+            let synced = w.sync.barrier(&[&w.tmp]).await;
             synced.map_err(|e| io_err(&w.id, "sync", &w.tmp, e))?;
             w.rename(&file_name).map(|()| file_name)
         })
