@@ -196,6 +196,29 @@ run_reps() {
   CELL_RSS=$(mib "$max")
 }
 
+# push_cmd URL: CMD is a script that starts `nix-outbox daemon` for URL
+# (its own state dir, socket and config, through the private nix-daemon),
+# then runs `push --wait` of the closure given after it, then stops the
+# daemon: the daemon's path, hook socket and queue included, timed from
+# the push to the last upload (the script takes the time once the socket
+# exists, so the daemon's start-up is left out).
+push_cmd() {
+  local d=$WORK/push-$RUN_N
+  mkdir -p "$d"
+  printf 'state-dir = "%s"\nsocket = "%s"\nsecret-key-files = ["%s"]\ntargets = ["%s"]\n' \
+    "$d/state" "$d/hook.sock" "$SK" "$1" >"$d/config.toml"
+  CMD=(env "${STORE_VARS[@]}" "${S3_VARS[@]}" bash -c '
+    "$1" daemon --config "$2" >"$3/daemon.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 300); do [ -S "$3/hook.sock" ] && break; sleep 0.02; done
+    s=$(date +%s.%N)
+    "$1" push --config "$2" --wait "$4" >"$3/push.log" 2>&1 || { cat "$3/push.log" "$3/daemon.log" >&2; kill $pid; exit 1; }
+    e=$(date +%s.%N)
+    kill $pid; wait $pid
+    echo "$s $e" >"$3/push.time"' _ "$OUTBOX" "$d/config.toml" "$d")
+  PUSH_DIR=$d
+}
+
 # The URLs of this run's caches (after new_caches) behind the proxies.
 http_url() { echo "http://$1/$HTTP_PREFIX?compression=zstd"; }
 s3_url() { echo "s3://$BUCKET?endpoint=$1&scheme=http&compression=zstd"; }
@@ -217,7 +240,18 @@ for rtt in $RTTS; do
       anchors+="$v: $CELL s (×$(awk -v a="$CELL" -v b="$o_http" 'BEGIN { printf "%.1f", a / b }')); "
     done
   fi
-  ROWS+=("| $((SMALL + 1)) × 8 KiB | $rtt | $o_http | $o_s3 | $o_rss | ${anchors:-–} |")
+  push_cell="–"
+  if [ "$rtt" = 40 ]; then
+    # Timed from the push to its last upload (the daemon's start-up left
+    # out), from the times the script wrote.
+    new_caches
+    push_cmd "$(http_url "$http")"
+    timed "$WORK/run.log" "${CMD[@]}" "$SMALL_ROOT"
+    read -r ps pe <"$PUSH_DIR/push.time"
+    push_cell=$(awk -v s="$ps" -v e="$pe" 'BEGIN { printf "%.2f", e - s }')
+    note "outbox push --wait http $rtt ms: ${push_cell}s"
+  fi
+  ROWS+=("| $((SMALL + 1)) × 8 KiB | $rtt | $o_http | $o_s3 | $push_cell | $o_rss | ${anchors:-–} |")
   if [ "$rtt" = 40 ] && [ -n "$MIXED_ROOT" ]; then
     run_reps "outbox http mixed $rtt ms" eval 'outbox_cmd "$(http_url "$http")"; CMD+=("$MIXED_ROOT")'
     m_http=$CELL m_rss=$CELL_RSS
@@ -229,7 +263,7 @@ for rtt in $RTTS; do
       run_reps "nix copy 2.34 http mixed $rtt ms" eval 'nix_copy 2.34 "$(http_url "$http")" "$MIXED_ROOT"'
       anchors="2.34: $CELL s (×$(awk -v a="$CELL" -v b="$m_http" 'BEGIN { printf "%.1f", a / b }'))"
     fi
-    ROWS+=("| mixed: 301 small + ${MIXED// /, } MB | $rtt | $m_http | $m_s3 | $m_rss | ${anchors:-–} |")
+    ROWS+=("| mixed: 301 small + ${MIXED// /, } MB | $rtt | $m_http | $m_s3 | – | $m_rss | ${anchors:-–} |")
   fi
 done
 
@@ -250,8 +284,8 @@ done
   print_context
   echo "Reproduce: \`RTTS=\"$RTTS\" ANCHOR_RTTS=\"$ANCHOR_RTTS\" ANCHORS=\"$ANCHORS\" SMALL=$SMALL TINY=$TINY MIXED=\"$MIXED\" REPS=$REPS bench/latency.sh\`"
   echo
-  echo "| closure | RTT ms | nix-outbox copy, HTTP (s) | nix-outbox copy, S3 (s) | nix-outbox peak RSS (MiB) | nix copy, HTTP (s, its × of nix-outbox's time) |"
-  echo "|---|---|---|---|---|---|"
+  echo "| closure | RTT ms | nix-outbox copy, HTTP (s) | nix-outbox copy, S3 (s) | nix-outbox push --wait, HTTP (s) | nix-outbox copy peak RSS (MiB) | nix copy, HTTP (s, its × of nix-outbox copy's time) |"
+  echo "|---|---|---|---|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
   echo
   echo "$((TINY + 1)) tiny paths to file:// (no proxy): nix-outbox copy $t_outbox s (peak RSS $t_rss MiB); nix copy $tiny_anchor"

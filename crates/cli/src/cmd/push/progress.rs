@@ -29,6 +29,9 @@ struct Seen {
     /// Bytes the daemon's targets received since the wait began, in-flight
     /// bytes included; `None` without a progress file.
     bytes: Option<u64>,
+    /// Of the closures uploading now (their paths go up concurrently):
+    /// paths published and paths to upload, once known.
+    paths: Option<(u64, u64)>,
 }
 
 impl Seen {
@@ -43,6 +46,11 @@ impl Seen {
         }
         if self.failing > 0 {
             s += &format!(", {} failing (see nix-outbox status)", self.failing);
+        }
+        if let Some((published, to_upload)) = self.paths
+            && to_upload > 0
+        {
+            s += &format!(", {published}/{to_upload} paths of the closures in flight published");
         }
         if let Some(b) = self.bytes {
             s += &format!(", {} uploaded", human_bytes(b));
@@ -60,8 +68,8 @@ pub fn follow(
     terminal: bool,
 ) -> anyhow::Result<()> {
     let q = Queue::open(&cfg.queue_path())?;
-    let bytes_now = || progress::read(&cfg.progress_path()).map(|p| bytes_of(&p));
-    let base = bytes_now();
+    let read = || progress::read(&cfg.progress_path());
+    let base = read().map(|p| bytes_of(&p));
     let bar = terminal.then(|| {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         bar.set_style(
@@ -80,13 +88,17 @@ pub fn follow(
         let left = q.outstanding(upto, 0)?;
         let remaining = left.pending_jobs + left.in_flight_jobs;
         peak = peak.max(remaining);
+        let now = read();
         let seen = Seen {
             resolving: left.new_requests,
             done: peak - remaining,
             total: peak,
             in_flight: left.in_flight_jobs,
             failing: left.failing_jobs,
-            bytes: bytes_now().map(|b| b.saturating_sub(base.unwrap_or(0))),
+            bytes: now
+                .as_ref()
+                .map(|p| bytes_of(p).saturating_sub(base.unwrap_or(0))),
+            paths: now.as_ref().map(paths_of),
         };
         if last.as_ref() != Some(&seen) {
             match &bar {
@@ -117,6 +129,14 @@ fn bytes_of(p: &ProgressFile) -> u64 {
         + p.in_flight.iter().map(|j| j.written).sum::<u64>()
 }
 
+/// Paths published and paths to upload, summed over the uploads in flight
+/// (a job whose closure is not yet checked counts neither).
+fn paths_of(p: &ProgressFile) -> (u64, u64) {
+    p.in_flight.iter().fold((0, 0), |(done, all), j| {
+        (done + j.published, all + j.to_upload.unwrap_or(0))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +159,17 @@ mod tests {
         assert_eq!(
             s.line(),
             "3/10 uploads done, 2 in flight, 1 failing (see nix-outbox status), 1.5 KiB uploaded"
+        );
+        let s = Seen {
+            done: 0,
+            total: 1,
+            in_flight: 1,
+            paths: Some((37, 501)),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.line(),
+            "0/1 uploads done, 1 in flight, 37/501 paths of the closures in flight published"
         );
     }
 }
