@@ -48,6 +48,15 @@ pub enum QueueError {
 
     #[error("request not queued: {0}")]
     InvalidRequest(String),
+    /// Another process moved the `nix-db` cursor meanwhile.
+    #[error(
+        "the nix-db cursor moved under us (expected {expected:?}, found {found:?}): is a second \
+         daemon using this state directory? Nothing was queued; stop the other one"
+    )]
+    CursorMoved {
+        expected: Option<i64>,
+        found: Option<i64>,
+    },
 
     #[error(
         "cannot enqueue job {path:?} for target {target:?}: {reason}; nothing from this expansion was queued"

@@ -78,6 +78,7 @@ macro_rules! text_enum {
 mod error;
 mod expand;
 mod jobs;
+mod nix_db;
 mod present;
 mod requests;
 mod schema;
@@ -87,6 +88,7 @@ mod status;
 pub use error::QueueError;
 pub use expand::Expansion;
 pub use jobs::{Job, JobState};
+pub use nix_db::NixDbCursor;
 pub use present::PRESENT_CHUNK;
 pub use requests::{MAX_PATH_BYTES, MAX_PATHS, Request, RequestState, Source};
 pub use schema::SCHEMA_VERSION;

@@ -22,6 +22,9 @@ text_enum! {
         Spool = "spool",
         /// `nix-outbox push`.
         Push = "push",
+        /// Nix's own database of valid paths (the `nix-db` source), or
+        /// `nix-outbox backfill` over it.
+        NixDb = "nix-db",
     }
 }
 
@@ -78,7 +81,38 @@ pub(crate) fn request_from_row(row: &Row<'_>) -> rusqlite::Result<Request> {
 /// The sanity checks of [`Queue::add_request`]: enough to store and read the
 /// request back unchanged. Whether the strings are store paths is for the
 /// caller to decide.
-fn validate_request(drv_path: Option<&str>, out_paths: &[String]) -> Result<(), QueueError> {
+/// Inserts the requests whose entry in `results` is `Ok` (already
+/// validated), writing their ids there.
+pub(crate) fn insert_requests(
+    tx: &rusqlite::Transaction<'_>,
+    source: Source,
+    requests: &[(Option<String>, Vec<String>)],
+    results: &mut [Result<i64, QueueError>],
+    now: i64,
+) -> Result<(), QueueError> {
+    const OP: &str = "adding requests";
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO requests
+                 (received_at, source, drv_path, out_paths, state, attempts, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, 'new', 0, ?1)
+             RETURNING id",
+        )
+        .context(OP)?;
+    for ((drv, outs), res) in requests.iter().zip(results) {
+        if let Ok(id) = res {
+            *id = stmt
+                .query_row(params![now, source, drv, outs.join(" ")], |row| row.get(0))
+                .context(OP)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_request(
+    drv_path: Option<&str>,
+    out_paths: &[String],
+) -> Result<(), QueueError> {
     let invalid = |msg: String| Err(QueueError::InvalidRequest(msg));
     if drv_path.is_none() && out_paths.is_empty() {
         return invalid("it names neither a derivation nor any output path".into());
@@ -166,23 +200,7 @@ impl Queue {
             return Ok(results);
         }
         let tx = self.write(OP)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO requests
-                         (received_at, source, drv_path, out_paths, state, attempts, next_attempt_at)
-                     VALUES (?1, ?2, ?3, ?4, 'new', 0, ?1)
-                     RETURNING id",
-                )
-                .context(OP)?;
-            for ((drv, outs), res) in requests.iter().zip(&mut results) {
-                if let Ok(id) = res {
-                    *id = stmt
-                        .query_row(params![now, source, drv, outs.join(" ")], |row| row.get(0))
-                        .context(OP)?;
-                }
-            }
-        }
+        insert_requests(&tx, source, requests, &mut results, now)?;
         tx.commit().context(OP)?;
         Ok(results)
     }

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::{BUSY_TIMEOUT, Queue, QueueError};
 
 /// The schema version this code writes and understands (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// `PRAGMA application_id` of a queue database ("NXOB"), so that a stray
 /// SQLite file from another program is recognised instead of being altered.
@@ -100,6 +100,32 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (target, hash_part)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 3 -> 4: requests read from Nix's own database (the `nix-db` source),
+    // and the cursor over it, which is committed in the same transaction
+    // as the requests it yields. SQLite cannot alter a CHECK; widening one
+    // by editing the stored schema is the procedure its documentation
+    // gives for changes that leave the stored rows valid ("Making Other
+    // Kinds Of Table Schema Changes"); the CREATE TABLE after it changes
+    // the schema cookie, so other connections reload the schema, and
+    // `Queue::open` reopens its own connection after migrating.
+    r#"
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_schema
+       SET sql = replace(sql, 'CHECK (source IN (''hook'', ''spool'', ''push''))',
+                              'CHECK (source IN (''hook'', ''spool'', ''push'', ''nix-db''))')
+     WHERE type = 'table' AND name = 'requests';
+    PRAGMA writable_schema = OFF;
+
+    CREATE TABLE nix_db_cursor (
+        only_row INTEGER PRIMARY KEY CHECK (only_row = 0),
+        -- Nix's database the cursor belongs to: another one (a new store,
+        -- another NIX_STATE_DIR) starts again at its end.
+        db_path  TEXT    NOT NULL CHECK (db_path <> ''),
+        -- The highest ValidPaths.id looked at (and queued, if picked).
+        last_id  INTEGER NOT NULL CHECK (last_id >= 0),
+        moved_at INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 impl Queue {
@@ -159,12 +185,19 @@ impl Queue {
             conn,
             path: path.to_owned(),
         };
-        queue.migrate()?;
+        if queue.migrate()? {
+            // A fresh connection parses the migrated schema (a CHECK
+            // widened by editing the stored schema is not re-read by the
+            // connection that edited it).
+            drop(queue);
+            return Queue::open(path);
+        }
         Ok(queue)
     }
 
     /// Brings the schema to [`SCHEMA_VERSION`], or refuses the file.
-    fn migrate(&mut self) -> Result<(), QueueError> {
+    /// Returns whether it migrated.
+    fn migrate(&mut self) -> Result<bool, QueueError> {
         let path = self.path.clone();
         let open_err = |source| QueueError::Open {
             path: path.clone(),
@@ -173,7 +206,7 @@ impl Queue {
         // The common case, an up-to-date file, takes no lock: the CLI opening
         // the queue must not wait for the daemon's write transactions.
         if check_version(&self.conn, &path)? == SCHEMA_VERSION {
-            return Ok(());
+            return Ok(false);
         }
         // IMMEDIATE, and the version read again inside: when the daemon and
         // the CLI open a new file at the same moment, one migrates and the
@@ -185,7 +218,7 @@ impl Queue {
             .map_err(open_err)?;
         let version = check_version(&tx, &path)?;
         if version == SCHEMA_VERSION {
-            return Ok(());
+            return Ok(false);
         }
         // `check_version` refused anything above SCHEMA_VERSION or negative.
         let done = usize::try_from(version).unwrap_or(0);
@@ -196,7 +229,8 @@ impl Queue {
             .map_err(open_err)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(open_err)?;
-        tx.commit().map_err(open_err)
+        tx.commit().map_err(open_err)?;
+        Ok(true)
     }
 }
 
@@ -308,6 +342,31 @@ mod tests {
         assert_eq!(q.claim_job(50).unwrap().unwrap().path, "bbbb-b");
         q.mark_present("file:///c", &["aaaa".into()], 60).unwrap();
         assert_eq!(q.present_entries("file:///c", 60, 10).unwrap().len(), 1);
+        // Version 4: the widened source CHECK holds in this very
+        // connection (reopened after the migration), and the cursor table
+        // is there.
+        let ids = q
+            .add_nix_db_requests(
+                "/nix/var/nix/db/db.sqlite",
+                None,
+                7,
+                &[(None, vec!["/nix/store/ffff-f".into()])],
+                70,
+            )
+            .unwrap();
+        let id = *ids[0].as_ref().unwrap();
+        assert_eq!(q.request(id).unwrap().unwrap().source, crate::Source::NixDb);
+        assert_eq!(q.nix_db_cursor().unwrap().unwrap().last_id, 7);
+        // The old CHECK still refuses what it refused.
+        assert!(
+            q.conn
+                .execute(
+                    "INSERT INTO requests (received_at, source, out_paths, state, attempts, next_attempt_at)
+                     VALUES (1, 'bogus', '/nix/store/gggg-g', 'new', 0, 1)",
+                    [],
+                )
+                .is_err()
+        );
         drop(q);
 
         // Reopening finds the current version and migrates nothing twice.

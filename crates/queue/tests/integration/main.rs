@@ -6,6 +6,7 @@ mod support;
 mod batches;
 mod crash;
 mod jobs;
+mod nix_db;
 mod open;
 mod present;
 mod requests;
