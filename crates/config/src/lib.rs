@@ -85,6 +85,33 @@ pub struct ConfigFile {
     /// Where `GET /metrics` is served; `None`: not served.
     pub metrics_address: Option<String>,
     pub metrics_allow_remote: bool,
+    /// Where requests come from: the hook (its socket and spool), Nix's
+    /// own database, or both.
+    pub ingest: Vec<Ingest>,
+    /// Which newly valid paths the `nix-db` source queues.
+    pub nix_db_paths: NixDbPaths,
+}
+
+/// A source of requests (`ingest`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ingest {
+    /// `nix-outbox-hook` as Nix's post-build-hook.
+    Hook,
+    /// Nix's database of valid paths, followed by the daemon.
+    NixDb,
+}
+
+/// Which paths the `nix-db` source picks (`nix-db-paths`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NixDbPaths {
+    /// What a post-build hook would have been called for: outputs of
+    /// derivations built on this machine.
+    #[default]
+    Built,
+    /// Every newly valid path (filters and upstreams still apply).
+    All,
 }
 
 impl Default for ConfigFile {
@@ -109,6 +136,8 @@ impl Default for ConfigFile {
             stop_timeout_secs: DEFAULT_STOP_TIMEOUT.as_secs(),
             metrics_address: None,
             metrics_allow_remote: false,
+            ingest: vec![Ingest::Hook],
+            nix_db_paths: NixDbPaths::Built,
         }
     }
 }
@@ -255,6 +284,13 @@ impl ConfigFile {
                 "from 0 to {MAX_STOP_TIMEOUT_SECS} (and keep the systemd unit's TimeoutStopSec above it)"
             ),
         );
+        let mut seen = std::collections::HashSet::new();
+        check(
+            !self.ingest.is_empty() && self.ingest.iter().all(|i| seen.insert(*i)),
+            "ingest",
+            format!("{:?}", self.ingest),
+            "a list of the sources \"hook\" and \"nix-db\", each at most once, at least one (e.g. [\"hook\", \"nix-db\"])",
+        );
         if let Err(e) = self.metrics_address() {
             check(
                 false,
@@ -277,6 +313,11 @@ impl ConfigFile {
         self.socket
             .clone()
             .unwrap_or_else(|| default_socket_for(env.is_root(), &self.state_dir(env)))
+    }
+
+    /// Whether `source` is among `ingest`.
+    pub fn ingests(&self, source: Ingest) -> bool {
+        self.ingest.contains(&source)
     }
 
     pub fn hook_timeout(&self) -> Duration {

@@ -220,3 +220,35 @@ fn metrics_address_must_be_loopback_unless_allowed() {
         .to_string();
     assert!(e.contains("must be an IP address and port"), "{e}");
 }
+
+#[test]
+fn ingest_sources_and_nix_db_paths() {
+    let c = ConfigFile::default();
+    assert_eq!(
+        (c.ingest.as_slice(), c.nix_db_paths),
+        ([Ingest::Hook].as_slice(), NixDbPaths::Built)
+    );
+    let c = ConfigFile::parse(
+        "ingest = [\"hook\", \"nix-db\"]\nnix-db-paths = \"all\"\n",
+        "f",
+    )
+    .unwrap();
+    assert!(c.ingests(Ingest::Hook) && c.ingests(Ingest::NixDb));
+    assert_eq!(c.nix_db_paths, NixDbPaths::All);
+    for (text, key) in [
+        ("ingest = []\n", "ingest"),
+        ("ingest = [\"hook\", \"hook\"]\n", "ingest"),
+    ] {
+        let e = ConfigFile::parse(text, "f").unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains("nix-db"), "{text}: {e}");
+    }
+    let e = ConfigFile::parse("ingest = [\"inotify\"]\n", "f")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inotify") && e.contains("nix-db"), "{e}");
+    let e = ConfigFile::parse("nix-db-paths = \"some\"\n", "f")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("built") && e.contains("all"), "{e}");
+    assert!(keys().contains(&"ingest") && keys().contains(&"nix-db-paths"));
+}

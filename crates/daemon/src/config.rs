@@ -40,6 +40,10 @@ pub struct Config {
     pub stop_timeout: std::time::Duration,
     /// Where `GET /metrics` is served; `None`: not served (the default).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Where requests come from (`ingest`): the hook, Nix's database.
+    pub ingest: Vec<nix_outbox_config::Ingest>,
+    /// Which paths the `nix-db` source queues (`nix-db-paths`).
+    pub nix_db_paths: nix_outbox_config::NixDbPaths,
 }
 
 /// What the daemon publishes besides NARs and narinfos, and what it
@@ -137,6 +141,8 @@ impl Config {
             workers: file.workers,
             stop_timeout: file.stop_timeout(),
             metrics_address,
+            ingest: file.ingest.clone(),
+            nix_db_paths: file.nix_db_paths,
         })
     }
 

@@ -24,6 +24,7 @@ pub mod filters;
 pub mod keys;
 mod listener;
 pub mod metrics;
+pub mod nix_db;
 mod present;
 mod retry;
 mod run;

@@ -81,6 +81,11 @@ pub struct Metrics {
     hook_requests: Family<OutcomeLabels, Counter>,
     spool_requests: Family<OutcomeLabels, Counter>,
     queue_write_refusals: Counter,
+    /// The `nix-db` source: its cursor (the last `ValidPaths.id` looked
+    /// at), how many rows Nix registered beyond it, requests it queued.
+    nix_db_cursor: Gauge,
+    nix_db_lag: Gauge,
+    nix_db_requests: Counter,
     upload_duration: HistogramFamily,
     hook_latency: Histogram,
     /// Jobs being uploaded now, with their byte counts.
@@ -111,6 +116,9 @@ impl Metrics {
             hook_requests: Family::default(),
             spool_requests: Family::default(),
             queue_write_refusals: Counter::default(),
+            nix_db_cursor: Gauge::default(),
+            nix_db_lag: Gauge::default(),
+            nix_db_requests: Counter::default(),
             upload_duration: Family::new_with_constructor(upload_histogram),
             // 0.5 ms … ~5 s: a group-committed fsync to the hook's timeout.
             hook_latency: Histogram::new(exponential_buckets(0.0005, 2.5, 11)),
@@ -175,6 +183,21 @@ impl Metrics {
             "Queue writes the queue refused (full disk, a foreign write lock); each is retried until it lands",
             m.queue_write_refusals.clone(),
         );
+        registry.register(
+            "nix_db_cursor",
+            "The nix-db source's cursor: the last row of Nix's ValidPaths table it looked at",
+            m.nix_db_cursor.clone(),
+        );
+        registry.register(
+            "nix_db_lag_rows",
+            "Rows Nix registered beyond the nix-db source's cursor, when it last looked",
+            m.nix_db_lag.clone(),
+        );
+        registry.register(
+            "nix_db_requests",
+            "Requests the nix-db source queued from Nix's database",
+            m.nix_db_requests.clone(),
+        );
         registry.register_with_unit(
             "upload_duration",
             "Time to upload one job's closure to its target, successful or not",
@@ -235,6 +258,18 @@ impl Metrics {
     /// The queue refused a write that is retried until it lands.
     pub fn queue_write_refused(&self) {
         self.queue_write_refusals.inc();
+    }
+
+    pub fn nix_db_cursor(&self, id: i64) {
+        self.nix_db_cursor.set(id);
+    }
+
+    pub fn nix_db_lag(&self, rows: i64) {
+        self.nix_db_lag.set(rows);
+    }
+
+    pub fn nix_db_queued(&self, requests: u64) {
+        self.nix_db_requests.inc_by(requests);
     }
 
     /// How many writes the queue refused so far.

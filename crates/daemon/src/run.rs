@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::{Daemon, Options, Service};
-use crate::{expander, listener, metrics, spool, systemd, workers};
+use crate::{expander, listener, metrics, nix_db, spool, systemd, workers};
 
 /// Runs the daemon until `shutdown` is cancelled, then drains: no new
 /// upload or expansion starts, the hook socket keeps acknowledging, and
@@ -37,6 +37,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (stop_timeout, on_ready) = (options.stop_timeout, options.on_ready.take());
     let observe = std::mem::take(&mut options.observe);
+    let nix_db = options.nix_db.take();
     let d = Daemon::new(svc, options);
     // A fresh daemon answers: hooks that saw an earlier one hang may use
     // the socket at once.
@@ -58,6 +59,13 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     tasks.spawn(spool::ingest_loop(d.clone(), stop.clone()));
     tasks.spawn(expander::expand_loop(d.clone(), stop.clone()));
+    if let Some(src) = nix_db {
+        let (d, stop) = (d.clone(), stop.clone());
+        tasks.spawn_blocking(move || {
+            nix_db::follow(d, src, stop);
+            Ok(())
+        });
+    }
     let mut observers = JoinSet::new();
     let metrics_address = match observe.metrics_listener {
         Some(l) => {

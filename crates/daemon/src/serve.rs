@@ -125,7 +125,26 @@ async fn serve_async(cfg: Config, inherited: Option<InheritedSocket>) -> anyhow:
         }
         None => None,
     };
+    // Opened before anything starts: a database we cannot read is an
+    // error now, with advice, not a source that silently does nothing.
+    let nix_db = if cfg.ingest.contains(&nix_outbox_config::Ingest::NixDb) {
+        let state = nix_outbox_store::nix_db::state_dir_from_env();
+        let db = nix_outbox_store::nix_db::NixDb::open(&state)
+            .context("ingest includes \"nix-db\", but Nix's database cannot be read")?;
+        tracing::info!(
+            "following Nix's database {} (nix-db-paths = {:?})",
+            db.path().display(),
+            cfg.nix_db_paths
+        );
+        Some(crate::nix_db::NixDbSource {
+            db,
+            paths: cfg.nix_db_paths,
+        })
+    } else {
+        None
+    };
     let options = Options {
+        nix_db,
         filters: cfg.filters.clone(),
         upstream_caches: crate::upstream::open_configured(&cfg)?,
         observe: Observability {

@@ -112,6 +112,8 @@ pub struct Options {
     pub observe: Observability,
     /// Who may enqueue through the hook socket.
     pub peers: Peers,
+    /// Nix's database to follow (`ingest` includes `nix-db`).
+    pub nix_db: Option<crate::nix_db::NixDbSource>,
     /// Tests only: the hook socket's committer panics at its first commit.
     #[cfg(test)]
     pub panic_on_commit: bool,
@@ -130,6 +132,7 @@ impl Default for Options {
             on_ready: None,
             observe: Observability::default(),
             peers: Peers::default(),
+            nix_db: None,
             #[cfg(test)]
             panic_on_commit: false,
         }

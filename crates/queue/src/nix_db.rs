@@ -42,16 +42,17 @@ impl Queue {
             .context(OP)
     }
 
-    /// Adds `requests` (source `nix-db`) and moves the cursor to `to`, in one
-    /// transaction, provided the cursor is still `from` (`None`: not set):
-    /// two daemons sharing a queue must not both move it. Returns each
+    /// Adds `requests` (source `nix-db`) and moves the cursor to `to` in
+    /// `db_path`, in one transaction, provided the cursor is still `from`
+    /// (database and id; `None`: not set): two daemons sharing a queue must
+    /// not both move it. Returns each
     /// request's id or why it was refused (invalid requests are skipped;
     /// the cursor moves past them all the same, since reading them again
     /// would refuse them again).
     pub fn add_nix_db_requests(
         &mut self,
         db_path: &str,
-        from: Option<i64>,
+        from: Option<(&str, i64)>,
         to: i64,
         requests: &[(Option<String>, Vec<String>)],
         now: i64,
@@ -70,10 +71,10 @@ impl Queue {
             )
             .optional()
             .context(OP)?;
-        let expected = from.map(|id| (db_path.to_owned(), id));
+        let expected = from.map(|(db, id)| (db.to_owned(), id));
         if current != expected {
             return Err(QueueError::CursorMoved {
-                expected: from,
+                expected: from.map(|(_, id)| id),
                 found: current.map(|(_, id)| id),
             });
         }

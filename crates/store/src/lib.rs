@@ -10,6 +10,7 @@
 mod address;
 mod closure;
 mod error;
+pub mod nix_db;
 mod ops;
 mod outputs;
 mod pool;

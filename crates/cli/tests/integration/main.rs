@@ -18,6 +18,7 @@ mod filters;
 mod full_disk;
 mod keygen;
 mod matrix;
+mod nix_db;
 mod observability;
 mod realisations;
 mod security;

@@ -35,7 +35,7 @@ fn the_cursor_moves_with_its_requests_and_only_from_where_it_was() {
         strings(&["/nix/store/1c7c1hhqxpa4yddk1qyw2k8c7dj5jgkn-b"]),
     )];
     let e = q
-        .add_nix_db_requests(DB, Some(12), 50, &more, 101)
+        .add_nix_db_requests(DB, Some((DB, 12)), 50, &more, 101)
         .unwrap_err();
     assert!(
         matches!(
@@ -51,8 +51,21 @@ fn the_cursor_moves_with_its_requests_and_only_from_where_it_was() {
     assert_eq!(q.nix_db_cursor().unwrap().unwrap().last_id, 40);
 
     // From where it is, it moves (also with nothing to queue).
-    q.add_nix_db_requests(DB, Some(40), 55, &more, 102).unwrap();
-    q.add_nix_db_requests(DB, Some(55), 60, &[], 103).unwrap();
+    q.add_nix_db_requests(DB, Some((DB, 40)), 55, &more, 102)
+        .unwrap();
+    q.add_nix_db_requests(DB, Some((DB, 55)), 60, &[], 103)
+        .unwrap();
     assert_eq!(q.nix_db_cursor().unwrap().unwrap().last_id, 60);
     assert_eq!(q.request(id + 1).unwrap().unwrap().source, Source::NixDb);
+    // Another of Nix's databases: the cursor is replaced, from where the
+    // old one was.
+    let other = "/other/db/db.sqlite";
+    assert!(
+        q.add_nix_db_requests(other, Some((other, 60)), 3, &[], 104)
+            .is_err()
+    );
+    q.add_nix_db_requests(other, Some((DB, 60)), 3, &[], 104)
+        .unwrap();
+    let c = q.nix_db_cursor().unwrap().unwrap();
+    assert_eq!((c.db_path.as_str(), c.last_id), (other, 3));
 }

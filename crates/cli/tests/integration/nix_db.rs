@@ -1,0 +1,99 @@
+//! The `nix-db` source (issue 16) against the host's real Nix: no
+//! post-build-hook anywhere, yet what is built lands in the cache; what
+//! was not built here (added from files) does not; a first start begins at
+//! the end of Nix's table; and builds made while the daemon is stopped are
+//! uploaded once it starts again.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use nix_outbox_testkit as tk;
+
+use crate::support::*;
+
+fn nix_db_outbox() -> Outbox {
+    let outbox = Outbox::new("zstd");
+    let mut cfg = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&outbox.config)
+        .unwrap();
+    cfg.write_all(b"ingest = [\"nix-db\"]\nmetrics-address = \"127.0.0.1:0\"\n")
+        .unwrap();
+    outbox
+}
+
+fn build(tag: &str) -> String {
+    tk::nix_build(&tk::sh_derivation(
+        &format!("nixdb-{tag}"),
+        &["out"],
+        &format!("echo {} > $out", tk::nonce()),
+    ))
+    .remove(0)
+}
+
+/// Waits (bounded) until the cache has `path`.
+fn until_uploaded(outbox: &Outbox, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !outbox.has(path) {
+        assert!(
+            Instant::now() < deadline,
+            "{path} never reached the cache: {}",
+            outbox.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn built_paths_reach_the_cache_without_a_hook_and_builds_made_while_down_follow() {
+    // Built before the daemon ever ran: the first start begins at the end.
+    let before = build("before");
+    let mut outbox = nix_db_outbox();
+    outbox.start(None);
+    let built = build("built");
+    // Added from a file, not built: a hook would never have seen it.
+    let file = outbox.dir.path().join("added.txt");
+    std::fs::write(&file, tk::nonce()).unwrap();
+    let added = tk::stdout_string(&tk::run(tk::nix_store().arg("--add").arg(&file)))
+        .trim()
+        .to_owned();
+    until_uploaded(&outbox, &built);
+    let (_, metrics) = http_get(&metrics_address(&outbox), "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("nix_outbox_nix_db_requests_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Down: builds go on, and are uploaded after the start.
+    assert!(outbox.terminate().success(), "{}", outbox.log());
+    let while_down = build("while-down");
+    outbox.start(None);
+    until_uploaded(&outbox, &while_down);
+    outbox.wait();
+    assert!(
+        !outbox.has(&before),
+        "a first start must not push the store"
+    );
+    assert!(!outbox.has(&added), "a path nobody built here was queued");
+    outbox.assert_cache_valid();
+}
+
+#[test]
+fn an_unreadable_nix_database_stops_the_start_with_advice() {
+    let mut outbox = nix_db_outbox();
+    let out = std::process::Command::new(outbox_bin())
+        .args(["daemon", "--config"])
+        .arg(&outbox.config)
+        .env("NIX_STATE_DIR", outbox.dir.path().join("no-such-state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nix-db") && err.contains("NIX_STATE_DIR") && err.contains("hook"),
+        "{err}"
+    );
+    outbox.kill();
+}
