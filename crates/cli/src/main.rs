@@ -30,6 +30,8 @@ enum Command {
     Status(cmd::status::Args),
     /// Wait until everything accepted so far is uploaded.
     Wait(cmd::wait::Args),
+    /// Queue the paths Nix registered since a date (or ever), as the nix-db source picks them.
+    Backfill(cmd::backfill::Args),
     /// Retry waiting uploads now instead of after their backoff (after a fix).
     Retry(cmd::retry::Args),
     /// Generate a signing key pair, compatible with `nix-store --generate-binary-cache-key`.
@@ -56,6 +58,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Push(a) => cmd::push::run(a),
+        Command::Backfill(a) => cmd::backfill::run(a),
         Command::Copy(a) => cmd::copy::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Wait(a) => cmd::wait::run(a),

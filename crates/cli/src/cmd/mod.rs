@@ -1,3 +1,4 @@
+pub mod backfill;
 pub mod check_config;
 pub mod copy;
 pub mod daemon;

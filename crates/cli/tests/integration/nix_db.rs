@@ -97,3 +97,40 @@ fn an_unreadable_nix_database_stops_the_start_with_advice() {
     );
     outbox.kill();
 }
+
+#[test]
+fn backfill_queues_what_was_built_since_a_date() {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let old = build("backfill");
+    let mut outbox = Outbox::new("zstd");
+    let out = outbox.cli(&["backfill", "--since", &format!("@{since}")]);
+    assert!(out.status.success(), "{}", tk::describe(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("queued ") && said.contains("`nix-outbox wait` covers them"),
+        "{said}"
+    );
+    // Other tests build meanwhile: at least ours was queued.
+    let queued: usize = said
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {said:?}"));
+    assert!(queued >= 1, "{said}");
+    outbox.start(None);
+    // Not `wait` (see above): what other tests built since then is queued
+    // too.
+    until_uploaded(&outbox, &old);
+
+    let bad = outbox.cli(&["backfill", "--since", "last week"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("is not a date"),
+        "{bad:?}"
+    );
+    let neither = outbox.cli(&["backfill"]);
+    assert!(!neither.status.success(), "{neither:?}");
+}
