@@ -134,3 +134,69 @@ fn backfill_queues_what_was_built_since_a_date() {
     let neither = outbox.cli(&["backfill"]);
     assert!(!neither.status.success(), "{neither:?}");
 }
+
+/// What `nix-db-paths = "built"` picks, from the rows real Nix registers:
+/// exactly what a post-build-hook is called for (the outputs of local
+/// builds, fixed-output ones included), and nothing substituted, copied in
+/// or added from a file.
+#[test]
+fn the_built_predicate_matches_what_nix_runs_a_hook_for() {
+    use nix_outbox_store::nix_db::{NixDb, state_dir_from_env};
+    let db = NixDb::open(&state_dir_from_env()).expect("the host's Nix database");
+    let picked = |p: &str| {
+        db.row_of(p)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{p} is not valid"))
+            .built_here()
+    };
+    let n = tk::nonce();
+
+    let built = build("predicate-built");
+    assert!(picked(&built), "a local build's output");
+    // A fixed-output derivation is built too (and runs the hook).
+    let fod = tk::nix_build(&format!(
+        r#"derivation {{ name = "nixdb-fod-{n}"; system = builtins.currentSystem;
+             builder = "/bin/sh"; args = [ "-c" "printf {n} > $out" ];
+             outputHashMode = "flat"; outputHashAlgo = "sha256";
+             outputHash = builtins.hashString "sha256" "{n}"; }}"#
+    ))
+    .remove(0);
+    assert!(picked(&fod), "a fixed-output build's output");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("added");
+    std::fs::write(&file, &n).unwrap();
+    let added = tk::stdout_string(&tk::run(tk::nix_store().arg("--add").arg(&file)))
+        .trim()
+        .to_owned();
+    assert!(!picked(&added), "nix-store --add");
+    let to_file = tk::stdout_string(&tk::run(
+        std::process::Command::new("nix-instantiate")
+            .env_remove("NIX_REMOTE")
+            .args(["--eval", "--read-write-mode", "-E"])
+            .arg(format!("builtins.toFile \"nixdb-tofile-{n}\" \"{n}\"")),
+    ))
+    .trim()
+    .trim_matches('"')
+    .to_owned();
+    assert!(!picked(&to_file), "builtins.toFile");
+    let drv = tk::query("--deriver", &built);
+    assert!(!picked(&drv), "the .drv itself");
+
+    // Substituted from a cache: valid again, but not built here.
+    let cache = format!("file://{}", dir.path().join("cache").display());
+    let subst = build("predicate-substituted");
+    tk::nix_copy_to(&cache, &[&subst]);
+    tk::run(tk::nix_store().args(["--delete", &subst]));
+    tk::run(tk::nix_store().args([
+        "--realise",
+        &subst,
+        "--option",
+        "substituters",
+        &cache,
+        "--option",
+        "require-sigs",
+        "false",
+    ]));
+    assert!(!picked(&subst), "a substituted path");
+}
