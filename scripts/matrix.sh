@@ -45,8 +45,8 @@ exactly_one() {
 # One test at a time inside the chroots: several Nix instances building on
 # one store at once got builders killed on Nix 2.34 (seen in session 1),
 # which is about the test harness, not about nix-outbox.
-log "end-to-end tests on ${suites[*]}"
-modern -f '^nix-outbox::integration$' "${suites[@]}" -- e2e:: --test-threads=1
+log "end-to-end and nix-db tests on ${suites[*]}"
+modern -f '^nix-outbox::integration$' "${suites[@]}" -- e2e:: nix_db:: --test-threads=1
 
 log "upload phase: host"
 exactly_one cargo test -p nix-outbox --test integration --locked -- --ignored --exact matrix::matrix_upload
