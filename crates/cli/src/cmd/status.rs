@@ -40,6 +40,15 @@ pub(crate) struct Snapshot {
     /// The configured targets' ids, in configuration order.
     pub configured: Vec<String>,
     pub daemon: Daemon,
+    /// The nix-db source, when it ever ran.
+    pub nix_db: Option<NixDbView>,
+}
+
+/// Where the nix-db source stands against Nix's database.
+pub(crate) struct NixDbView {
+    pub cursor: nix_outbox_queue::NixDbCursor,
+    /// Nix's last row, when its database can be read here (root, local).
+    pub nix_last: Option<i64>,
 }
 
 /// What is known about the daemon.
@@ -90,6 +99,18 @@ pub(crate) fn snapshot(cfg: &Config) -> anyhow::Result<Snapshot> {
         spooled,
         configured: cfg.targets.iter().map(|t| t.id()).collect(),
         daemon: daemon(cfg, now),
+        nix_db: q.nix_db_cursor()?.map(|cursor| NixDbView {
+            // Best effort: `status` need not run as root.
+            nix_last: nix_outbox_store::nix_db::NixDb::open(
+                std::path::Path::new(&cursor.db_path)
+                    .parent()
+                    .and_then(std::path::Path::parent)
+                    .unwrap_or(std::path::Path::new("/")),
+            )
+            .and_then(|db| db.last_id())
+            .ok(),
+            cursor,
+        }),
     })
 }
 

@@ -66,6 +66,16 @@ fn built_paths_reach_the_cache_without_a_hook_and_builds_made_while_down_follow(
         "{metrics}"
     );
 
+    let status = outbox.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("nix-db: ")
+            && text.contains("read up to row")
+            && text.contains("behind Nix's last"),
+        "{text}"
+    );
+    assert!(outbox.status_json()["nix_db"]["cursor"].as_i64().unwrap() > 0);
+
     // Down: builds go on, and are uploaded after the start.
     assert!(outbox.terminate().success(), "{}", outbox.log());
     let while_down = build("while-down");

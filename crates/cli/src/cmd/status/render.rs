@@ -91,6 +91,22 @@ pub(super) fn render(s: &Snapshot) -> String {
             let _ = writeln!(out, "  {}", f.display());
         }
     }
+    if let Some(v) = &s.nix_db {
+        let behind = match v.nix_last {
+            Some(last) => format!(
+                ", {} row(s) behind Nix's last",
+                last.saturating_sub(v.cursor.last_id)
+            ),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "nix-db: {} read up to row {}{behind}, moved {} ago",
+            v.cursor.db_path,
+            v.cursor.last_id,
+            human_duration(s.now - v.cursor.moved_at)
+        );
+    }
     if s.status.new_requests > 0 {
         let age = s
             .status
@@ -220,6 +236,12 @@ pub(super) fn to_json(s: &Snapshot) -> Value {
             "pid": d.progress.as_ref().map(|p| p.pid),
             "metrics_address": d.progress.as_ref().and_then(|p| p.metrics_address.clone()),
         },
+        "nix_db": s.nix_db.as_ref().map(|v| json!({
+            "db_path": v.cursor.db_path,
+            "cursor": v.cursor.last_id,
+            "moved_at": v.cursor.moved_at,
+            "nix_last_row": v.nix_last,
+        })),
         "spooled_requests": s.spooled,
         "rejected_spool_files": s.rejected.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "new_requests": s.status.new_requests,
