@@ -210,3 +210,46 @@ fn the_built_predicate_matches_what_nix_runs_a_hook_for() {
     ]));
     assert!(!picked(&subst), "a substituted path");
 }
+
+/// kill -9 of the daemon again and again while builds go on: every built
+/// path is queued exactly once (the cursor moves with its requests) and
+/// reaches the cache.
+#[test]
+fn kill_9_during_a_stream_of_builds_loses_nothing_and_queues_nothing_twice() {
+    let mut outbox = nix_db_outbox();
+    outbox.start(None);
+    let builder = std::thread::spawn(|| {
+        (0..24)
+            .map(|i| build(&format!("kill-{i}")))
+            .collect::<Vec<_>>()
+    });
+    let mut kills = 0;
+    while !builder.is_finished() {
+        std::thread::sleep(Duration::from_millis(150));
+        outbox.kill();
+        kills += 1;
+        outbox.start(None);
+    }
+    let built = builder.join().unwrap();
+    assert!(kills > 0);
+    for p in &built {
+        until_uploaded(&outbox, p);
+    }
+    // Each path in exactly one nix-db request.
+    let q = rusqlite::Connection::open(outbox.dir.path().join("state/queue.sqlite")).unwrap();
+    let mut stmt = q
+        .prepare("SELECT out_paths FROM requests WHERE source = 'nix-db'")
+        .unwrap();
+    let lists: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for p in &built {
+        let n = lists
+            .iter()
+            .filter(|l| l.split(' ').any(|x| x == p))
+            .count();
+        assert_eq!(n, 1, "{p} queued {n} times after {kills} kills");
+    }
+}
