@@ -51,6 +51,9 @@
 #                    upload everything (the daemon's heartbeat names a
 #                    stopped process, so every hook spools at once: should
 #                    cost as outbox-spool)
+#   outbox-nixdb     nix-outbox with no hook: its daemon follows Nix's
+#                    database (ingest = ["nix-db"])
+#   outbox-both      the hook and the database (ingest = ["hook", "nix-db"])
 #   outbox-tmpfs     the same with its state dir (queue) on /dev/shm: what
 #                    the fsyncs of the queue cost (a diagnostic; no goal)
 # Targets (the same URL for the manual hook and nix-outbox, zstd):
@@ -216,10 +219,24 @@ stop_proxy() {
 # write_outbox_config DIR URL STATE: DIR/config.toml, uploading to URL,
 # with the queue (state dir) and the hook's socket in STATE.
 write_outbox_config() {
-  local d=$1 url=$2 state=$3
+  local d=$1 url=$2 state=$3 ingest=${4:-'"hook"'}
   mkdir -p "$d"
-  printf 'state-dir = "%s"\nsocket = "%s"\nsecret-key-files = ["%s"]\ntargets = ["%s"]\n' \
-    "$state/state" "$state/hook.sock" "$SK" "$url" >"$d/config.toml"
+  printf 'state-dir = "%s"\nsocket = "%s"\nsecret-key-files = ["%s"]\ntargets = ["%s"]\ningest = [%s]\n' \
+    "$state/state" "$state/hook.sock" "$SK" "$url" "$ingest" >"$d/config.toml"
+}
+
+# nixdb_caught_up CONFIG: waits (at most 30 s) until the nix-db source has
+# read up to Nix's last row, so that `wait` afterwards covers every build.
+nixdb_caught_up() {
+  local i json cursor last
+  for i in $(seq 300); do
+    json=$("$OUTBOX" status --config "$1" --json 2>/dev/null || true)
+    cursor=$(sed -n 's/.*"cursor": \([0-9]*\).*/\1/p' <<<"$json" | head -1)
+    last=$(sed -n 's/.*"nix_last_row": \([0-9]*\).*/\1/p' <<<"$json" | head -1)
+    [ -n "$cursor" ] && [ -n "$last" ] && [ "$cursor" -ge "$last" ] && return
+    sleep 0.1
+  done
+  note "warning: the nix-db source did not catch up within 30 s"
 }
 # start_outbox DIR STATE: `nix-outbox daemon` with DIR/config.toml, reading
 # the store through the private nix-daemon. Sets OUTBOX_PID.
@@ -423,6 +440,18 @@ run_one() {
       write_outbox_config "$d/outbox" "$url" "$ob_state"
       start_nixd "$d" "$HOOK_BIN" "NIX_OUTBOX_CONFIG=$d/outbox/config.toml"
       ;;
+    outbox-nixdb | outbox-both)
+      # nix-db: no hook at all; both: the hook and the database.
+      ob_state=$d/outbox
+      if [ "$setup" = outbox-nixdb ]; then
+        write_outbox_config "$d/outbox" "$url" "$ob_state" '"nix-db"'
+        start_nixd "$d" ""
+      else
+        write_outbox_config "$d/outbox" "$url" "$ob_state" '"hook", "nix-db"'
+        start_nixd "$d" "$HOOK_BIN" "NIX_OUTBOX_CONFIG=$d/outbox/config.toml"
+      fi
+      start_outbox "$d/outbox" "$ob_state"
+      ;;
     outbox | outbox-tmpfs | outbox-hung)
       ob_state=$d/outbox
       if [ "$setup" = outbox-tmpfs ]; then
@@ -459,6 +488,7 @@ run_one() {
     # The stopped daemon comes back, and finds the spool.
     [ "$setup" != outbox-spool ] || start_outbox "$d/outbox" "$ob_state"
     [ "$setup" != outbox-hung ] || kill -CONT "$OUTBOX_PID"
+    case $setup in outbox-nixdb | outbox-both) nixdb_caught_up "$d/outbox/config.toml" ;; esac
     if "$OUTBOX" wait --config "$d/outbox/config.toml" --timeout "$RECOVERY_TIMEOUT" >"$d/wait.log" 2>&1; then
       t1=$(now_ms)
       drain=$(secs $((t1 - t0)))
@@ -532,6 +562,8 @@ label_setup() {
     manual) echo "manual's hook (+ OUT_PATHS fix)" ;;
     outbox) echo "**nix-outbox**" ;;
     outbox-tmpfs) echo "nix-outbox, queue on tmpfs (diagnostic)" ;;
+    outbox-nixdb) echo "nix-outbox, no hook: ingest = [\"nix-db\"]" ;;
+    outbox-both) echo "nix-outbox, hook and nix-db" ;;
     outbox-spool) echo "nix-outbox, its daemon stopped (hooks spool)" ;;
     outbox-hung) echo "nix-outbox, its daemon hung (SIGSTOP)" ;;
   esac
