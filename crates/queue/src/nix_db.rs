@@ -8,7 +8,7 @@
 use rusqlite::{OptionalExtension as _, params};
 
 use crate::error::Context;
-use crate::requests::{insert_requests, validate_request};
+use crate::requests::{insert_requests, validated};
 use crate::{Queue, QueueError, Source};
 
 /// Where the `nix-db` source stands.
@@ -58,10 +58,7 @@ impl Queue {
         now: i64,
     ) -> Result<Vec<Result<i64, QueueError>>, QueueError> {
         const OP: &str = "adding requests from Nix's database";
-        let mut results: Vec<Result<i64, QueueError>> = requests
-            .iter()
-            .map(|(drv, outs)| validate_request(drv.as_deref(), outs).map(|()| 0))
-            .collect();
+        let mut results = validated(requests);
         let tx = self.write(OP)?;
         let current: Option<(String, i64)> = tx
             .query_row(

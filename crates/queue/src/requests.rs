@@ -81,6 +81,16 @@ pub(crate) fn request_from_row(row: &Row<'_>) -> rusqlite::Result<Request> {
 /// The sanity checks of [`Queue::add_request`]: enough to store and read the
 /// request back unchanged. Whether the strings are store paths is for the
 /// caller to decide.
+/// Each request checked: `Ok(0)` (its id comes when inserted) or why not.
+pub(crate) fn validated(
+    requests: &[(Option<String>, Vec<String>)],
+) -> Vec<Result<i64, QueueError>> {
+    requests
+        .iter()
+        .map(|(drv, outs)| validate_request(drv.as_deref(), outs).map(|()| 0))
+        .collect()
+}
+
 /// Inserts the requests whose entry in `results` is `Ok` (already
 /// validated), writing their ids there.
 pub(crate) fn insert_requests(
@@ -192,10 +202,7 @@ impl Queue {
         now: i64,
     ) -> Result<Vec<Result<i64, QueueError>>, QueueError> {
         const OP: &str = "adding requests";
-        let mut results: Vec<Result<i64, QueueError>> = requests
-            .iter()
-            .map(|(drv, outs)| validate_request(drv.as_deref(), outs).map(|()| 0))
-            .collect();
+        let mut results = validated(requests);
         if results.iter().all(Result::is_err) {
             return Ok(results);
         }
