@@ -218,6 +218,22 @@ impl Queue {
         .context(OP)
     }
 
+    /// Requests received since `since` (unix seconds), counted by source,
+    /// in the sources' text order.
+    pub fn requests_by_source(&self, since: i64) -> Result<Vec<(crate::Source, u64)>, QueueError> {
+        const OP: &str = "counting recent requests by source";
+        let tx = self.read(OP)?;
+        tx.prepare_cached(
+            "SELECT source, count(*) FROM requests
+             WHERE received_at >= ?1 GROUP BY source ORDER BY source",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([since], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+        })
+        .context(OP)
+    }
+
     /// What requests with id `<= upto_request_id` still wait for: those not
     /// yet expanded, and their jobs neither `done` nor `skipped`; and which
     /// of their jobs were `skipped`, so nobody reports those as uploaded.

@@ -42,6 +42,8 @@ pub(crate) struct Snapshot {
     pub daemon: Daemon,
     /// The nix-db source, when it ever ran.
     pub nix_db: Option<NixDbView>,
+    /// Requests received in the last hour, by where they came from.
+    pub sources_last_hour: Vec<(nix_outbox_queue::Source, u64)>,
 }
 
 /// Where the nix-db source stands against Nix's database.
@@ -84,6 +86,7 @@ pub(crate) fn snapshot(cfg: &Config) -> anyhow::Result<Snapshot> {
     let status = q.status(5)?;
     let done_last_hour = q.done_since(now - 3600)?;
     let skip_counts = q.skip_counts()?;
+    let sources_last_hour = q.requests_by_source(now - 3600)?;
     let spooled = nix_outbox_hook::spool::list_spool(&cfg.spool_dir())
         .map(|v| v.len())
         .unwrap_or(0);
@@ -99,6 +102,7 @@ pub(crate) fn snapshot(cfg: &Config) -> anyhow::Result<Snapshot> {
         spooled,
         configured: cfg.targets.iter().map(|t| t.id()).collect(),
         daemon: daemon(cfg, now),
+        sources_last_hour,
         nix_db: q.nix_db_cursor()?.map(|cursor| NixDbView {
             // Best effort: `status` need not run as root.
             nix_last: nix_outbox_store::nix_db::NixDb::open(

@@ -74,7 +74,16 @@ fn built_paths_reach_the_cache_without_a_hook_and_builds_made_while_down_follow(
             && text.contains("behind Nix's last"),
         "{text}"
     );
-    assert!(outbox.status_json()["nix_db"]["cursor"].as_i64().unwrap() > 0);
+    assert!(
+        text.contains("requests in the last hour: ") && text.contains("nix-db "),
+        "{text}"
+    );
+    let json = outbox.status_json();
+    assert!(json["nix_db"]["cursor"].as_i64().unwrap() > 0, "{json}");
+    assert!(
+        json["requests_last_hour"]["nix-db"].as_u64().unwrap() >= 1,
+        "{json}"
+    );
 
     // Down: builds go on, and are uploaded after the start.
     assert!(outbox.terminate().success(), "{}", outbox.log());

@@ -69,3 +69,32 @@ fn the_cursor_moves_with_its_requests_and_only_from_where_it_was() {
     let c = q.nix_db_cursor().unwrap().unwrap();
     assert_eq!((c.db_path.as_str(), c.last_id), (other, 3));
 }
+
+#[test]
+fn recent_requests_are_counted_by_source() {
+    let (_dir, _path, mut q) = queue();
+    add(
+        &mut q,
+        &["/nix/store/7rjj86a15146cq1d3qy068lml7n8ykzm-old"],
+        10,
+    );
+    add(
+        &mut q,
+        &["/nix/store/7rjj86a15146cq1d3qy068lml7n8ykzm-a"],
+        100,
+    );
+    let reqs = vec![(
+        None,
+        strings(&["/nix/store/0c7c1hhqxpa4yddk1qyw2k8c7dj5jgkn-b"]),
+    )];
+    q.add_nix_db_requests(DB, None, 5, &reqs, 100).unwrap();
+    q.add_nix_db_requests(DB, Some((DB, 5)), 6, &reqs, 101)
+        .unwrap();
+    let counts = q.requests_by_source(50).unwrap();
+    let hook = counts
+        .iter()
+        .find(|(s, _)| *s == Source::NixDb)
+        .map(|(_, n)| *n);
+    assert_eq!(hook, Some(2), "{counts:?}");
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 3, "{counts:?}");
+}

@@ -91,6 +91,14 @@ pub(super) fn render(s: &Snapshot) -> String {
             let _ = writeln!(out, "  {}", f.display());
         }
     }
+    if !s.sources_last_hour.is_empty() {
+        let by: Vec<String> = s
+            .sources_last_hour
+            .iter()
+            .map(|(source, n)| format!("{source} {n}"))
+            .collect();
+        let _ = writeln!(out, "requests in the last hour: {}", by.join(", "));
+    }
     if let Some(v) = &s.nix_db {
         let behind = match v.nix_last {
             Some(last) => format!(
@@ -236,6 +244,7 @@ pub(super) fn to_json(s: &Snapshot) -> Value {
             "pid": d.progress.as_ref().map(|p| p.pid),
             "metrics_address": d.progress.as_ref().and_then(|p| p.metrics_address.clone()),
         },
+        "requests_last_hour": s.sources_last_hour.iter().map(|(source, n)| (source.as_str().to_owned(), json!(n))).collect::<serde_json::Map<String, Value>>(),
         "nix_db": s.nix_db.as_ref().map(|v| json!({
             "db_path": v.cursor.db_path,
             "cursor": v.cursor.last_id,
