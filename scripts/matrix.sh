@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The Nix version matrix: the end-to-end tests against the host's Nix (2.8)
-# and the Nix of Debian trixie (2.26) and sid (2.34) in debootstrap chroots
-# (scripts/nix-chroot.sh), then a cross-version round: every version
+# and the Nix of Debian trixie (2.26) and sid (2.34), and Nix 2.35 built
+# from source on sid, in debootstrap chroots (scripts/nix-chroot.sh), then a cross-version round: every version
 # uploads through the hook and the daemon (zstd and xz caches), and every
 # version substitutes and verifies what each of the others uploaded.
 #
-#   scripts/matrix.sh                 # host + trixie + sid
+#   scripts/matrix.sh                 # host + trixie + sid + nix-2.35
 #   scripts/matrix.sh trixie          # host + trixie only
 #
 # Needs root. The chroots are kept in /var/cache/nix-outbox/chroots, so
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(trixie sid)
+[ ${#suites[@]} -gt 0 ] || suites=(trixie sid nix-2.35)
 
 log() { printf '\n== matrix: %s\n' "$*" >&2; }
 

@@ -59,7 +59,21 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, mount an
 # A suite name for debootstrap and for the default directory: refuse anything
 # that could turn into a path component like ".." or an option.
 check_suite() {
-  [[ $1 =~ ^[a-z][a-z0-9-]*$ ]] || die "bad suite name '$1' (expected e.g. sid, trixie)"
+  [[ $1 =~ ^[a-z][a-z0-9.-]*$ && $1 != *..* ]] || die "bad suite name '$1' (expected e.g. sid, trixie, nix-2.35)"
+}
+
+# A "suite" named nix-X.Y is a Debian suite with that Nix built from source
+# on top (scripts/nix-source.sh), for releases Debian does not package.
+debian_suite() {
+  case $1 in
+    nix-2.35) echo sid ;;
+    *) echo "$1" ;;
+  esac
+}
+source_build() {
+  case $1 in
+    nix-*) "$(dirname "$0")/nix-source.sh" install "$2" ;;
+  esac
 }
 
 # DIR argument -> absolute, canonical path. Canonical because the kernel
@@ -186,6 +200,7 @@ cmd_create() {
     note "$dir: chroot for $suite already exists, updating its setup"
     ensure_packages "$dir"
     setup_nix "$dir"
+    source_build "$suite" "$dir"
     return
   fi
 
@@ -213,7 +228,7 @@ cmd_create() {
   # minbase keeps it small (about 300 MB with Nix).
   local include
   include=$(IFS=,; echo "${PACKAGES[*]}")
-  if ! debootstrap --variant=minbase --include="$include" "$suite" "$dir" "$MIRROR" >"$log" 2>&1; then
+  if ! debootstrap --variant=minbase --include="$include" "$(debian_suite "$suite")" "$dir" "$MIRROR" >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     die "debootstrap failed (see $log; $dir/debootstrap/debootstrap.log may say more)"
   fi
@@ -223,7 +238,10 @@ cmd_create() {
   local version
   # shellcheck disable=SC2016 # ${Version} is dpkg-query's, not the shell's
   version=$(in_chroot "$dir" dpkg-query -W -f '${Version}' nix-bin)
+  # The source build comes after the mark: it is idempotent and resumable on
+  # its own, and an interrupted build must not cost the debootstrap again.
   printf 'suite=%s\ncreated=%s\nnix-bin=%s\n' "$suite" "$(date -u +%FT%TZ)" "$version" >"$dir/$DONE_MARK"
+  source_build "$suite" "$dir"
   note "$dir: nix-bin $version ready after $((SECONDS - start)) s"
 }
 
