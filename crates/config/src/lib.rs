@@ -37,6 +37,10 @@ pub const DEFAULT_HOOK_TIMEOUT_MS: u64 = 2000;
 pub const MAX_HOOK_TIMEOUT_MS: u64 = 60_000;
 /// Upload workers by default (`workers`).
 pub const DEFAULT_WORKERS: usize = 4;
+/// `upload-nice` by default: a build on the same cores gets about ten
+/// times the CPU of an upload, and an upload on an otherwise busy machine
+/// still moves (BENCHMARKS.md, "Without a hook").
+pub const DEFAULT_UPLOAD_NICE: i32 = 10;
 /// How long a stopping daemon waits for in-flight uploads by default
 /// (`stop-timeout-secs`); the systemd unit's TimeoutStopSec is above it.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -90,6 +94,10 @@ pub struct ConfigFile {
     pub ingest: Vec<Ingest>,
     /// Which newly valid paths the `nix-db` source queues.
     pub nix_db_paths: NixDbPaths,
+    /// The nice value (0–19) of the threads that upload (hash, compress,
+    /// write, and follow Nix's database), so that builds on the same cores
+    /// go first. The thread that answers hooks keeps the daemon's own.
+    pub upload_nice: i32,
 }
 
 /// A source of requests (`ingest`).
@@ -138,6 +146,7 @@ impl Default for ConfigFile {
             metrics_allow_remote: false,
             ingest: vec![Ingest::Hook],
             nix_db_paths: NixDbPaths::Built,
+            upload_nice: DEFAULT_UPLOAD_NICE,
         }
     }
 }
@@ -283,6 +292,12 @@ impl ConfigFile {
             &format!(
                 "from 0 to {MAX_STOP_TIMEOUT_SECS} (and keep the systemd unit's TimeoutStopSec above it)"
             ),
+        );
+        check(
+            (0..=19).contains(&self.upload_nice),
+            "upload-nice",
+            self.upload_nice.to_string(),
+            "a nice value from 0 (as the daemon) to 19 (only what the builds leave)",
         );
         let mut seen = std::collections::HashSet::new();
         check(

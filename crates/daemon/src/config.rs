@@ -44,6 +44,8 @@ pub struct Config {
     pub ingest: Vec<nix_outbox_config::Ingest>,
     /// Which paths the `nix-db` source queues (`nix-db-paths`).
     pub nix_db_paths: nix_outbox_config::NixDbPaths,
+    /// The nice value of the upload threads (`upload-nice`).
+    pub upload_nice: i32,
 }
 
 /// What the daemon publishes besides NARs and narinfos, and what it
@@ -143,6 +145,7 @@ impl Config {
             metrics_address,
             ingest: file.ingest.clone(),
             nix_db_paths: file.nix_db_paths,
+            upload_nice: file.upload_nice,
         })
     }
 

@@ -26,6 +26,7 @@ mod listener;
 pub mod metrics;
 pub mod nix_db;
 mod present;
+mod priority;
 mod retry;
 mod run;
 mod serve;

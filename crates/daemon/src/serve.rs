@@ -19,8 +19,14 @@ use crate::{Config, Observability, Options, Service, TargetEntry, keys, socket};
 pub fn serve(cfg: Config) -> anyhow::Result<()> {
     // SAFETY: no thread exists yet (the runtime is built below).
     let inherited = unsafe { systemd::take_listen_socket() }?;
+    // Every thread of this runtime (workers and blocking threads) uploads
+    // or follows Nix's database; the hook thread is started from this one
+    // (run → listener::spawn, polled here by block_on), so it keeps the
+    // daemon's priority.
+    let nice = cfg.upload_nice;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(move || crate::priority::lower_this_thread(nice))
         .build()?;
     let res = runtime.block_on(serve_async(cfg, inherited));
     // Uploads cut off by stop-timeout-secs may leave blocking work (a

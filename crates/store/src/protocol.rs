@@ -1,9 +1,14 @@
 //! One connection speaking the nix-daemon worker protocol: the handshake
 //! and the log-message loop every operation ends with.
 //!
-//! We advertise protocol 1.37 and use the minimum of that and the daemon's:
-//! 1.34 (Nix 2.8–2.14), 1.35 (2.15–2.19, Lix), 1.37 (2.20–2.23), and 1.37
-//! again for Nix ≥ 2.24 (1.38 only adds a feature exchange we don't need).
+//! We advertise protocol 1.38 and use the minimum of that and the daemon's:
+//! 1.34 (Nix 2.8–2.14), 1.35 (2.15–2.19, Lix), 1.37 (2.20–2.23), 1.38 for
+//! Nix ≥ 2.24. 1.38 adds a feature exchange: each side names the features
+//! it has and both use the ones they share. Up to 2.34 daemons name none;
+//! 2.35 names `realisation-with-path-not-hash`, without which it can no
+//! longer answer QueryRealisation at all (it fails the request, and the
+//! stream is out of step after that), so we ask for it
+//! (docs/design.md, "The daemon protocol").
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
 
@@ -12,8 +17,13 @@ use crate::wire::{self, Request};
 
 pub const WORKER_MAGIC_1: u64 = 0x6e69_7863;
 pub const WORKER_MAGIC_2: u64 = 0x6478_696f;
-/// 1.37, as `major << 8 | minor`.
-pub const CLIENT_VERSION: u64 = (1 << 8) | 37;
+/// 1.38, as `major << 8 | minor`.
+pub const CLIENT_VERSION: u64 = (1 << 8) | 38;
+/// Realisations keyed by the derivation's store path and output name
+/// (Nix 2.35's "build traces"), not by its hash modulo.
+pub const FEATURE_REALISATION_WITH_PATH: &str = "realisation-with-path-not-hash";
+/// The features we ask for (protocol ≥ 1.38).
+pub const CLIENT_FEATURES: &[&str] = &[FEATURE_REALISATION_WITH_PATH];
 
 pub const STDERR_NEXT: u64 = 0x6f6c_6d67;
 pub const STDERR_READ: u64 = 0x6461_7461;
@@ -36,6 +46,8 @@ pub struct Connection {
     pub(crate) minor: u64,
     pub(crate) daemon_nix_version: Option<String>,
     pub(crate) trusted: Option<bool>,
+    /// The protocol features both sides named (1.38 and later).
+    pub(crate) features: Vec<String>,
     /// True from sending a request until its reply is fully read, and after
     /// any error that left the stream out of sync. A connection dropped in
     /// that state (an error, or a cancelled future mid-request) is closed by
@@ -51,6 +63,7 @@ impl std::fmt::Debug for Connection {
             .field("protocol", &format_args!("1.{}", self.minor))
             .field("daemon_nix_version", &self.daemon_nix_version)
             .field("trusted", &self.trusted)
+            .field("features", &self.features)
             .finish()
     }
 }
@@ -68,6 +81,7 @@ impl Connection {
             minor: 0,
             daemon_nix_version: None,
             trusted: None,
+            features: Vec::new(),
             broken: false,
             _child: child,
         };
@@ -91,6 +105,11 @@ impl Connection {
         conn.minor = minor.min(CLIENT_VERSION & 0xff);
         let mut req = Request::default();
         req.u64(CLIENT_VERSION);
+        // The daemon reads our features right after our version, before
+        // the rest of the handshake, and only then sends its own.
+        if conn.minor >= 38 {
+            req.string_list(CLIENT_FEATURES);
+        }
         if conn.minor >= 14 {
             req.u64(0); // no CPU affinity
         }
@@ -99,6 +118,14 @@ impl Connection {
         }
         conn.send(req).await?;
         let r = conn.reader.as_mut().expect("reader present");
+        if conn.minor >= 38 {
+            let theirs = wire::read_string_list(r, "daemon protocol features").await?;
+            conn.features = CLIENT_FEATURES
+                .iter()
+                .filter(|f| theirs.iter().any(|t| t == *f))
+                .map(|f| (*f).to_owned())
+                .collect();
+        }
         if conn.minor >= 33 {
             conn.daemon_nix_version = Some(wire::read_string(r, "daemon Nix version").await?);
         }
@@ -116,6 +143,11 @@ impl Connection {
 
     pub fn protocol_minor(&self) -> u64 {
         self.minor
+    }
+
+    /// Whether both sides named protocol feature `name`.
+    pub fn has_feature(&self, name: &str) -> bool {
+        self.features.iter().any(|f| f == name)
     }
 
     pub fn daemon_nix_version(&self) -> Option<&str> {

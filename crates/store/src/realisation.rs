@@ -5,21 +5,47 @@
 //! file is the realisation's JSON, exactly as the daemon hands it to us:
 //! `{"dependentRealisations":{…},"id":…,"outPath":"<basename>","signatures":[…]}`
 //! (`BinaryCacheStore::registerDrvOutput`, Nix 2.4 to 2.34).
+//!
+//! Nix 2.35 keys them by the derivation's store path and output name
+//! instead ("build traces"), and its daemon answers QueryRealisation only
+//! in that form, under the `realisation-with-path-not-hash` feature:
+//! [`Connection::query_build_trace`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 
-use nix_outbox_core::StorePath;
+use nix_outbox_core::{StoreDir, StorePath};
 use nix_outbox_core::derivation::hash_modulo::{self, HashModuloError};
 use nix_outbox_core::derivation::{self, Derivation, MAX_DRV_SIZE};
 use nix_outbox_core::nar::{self, NarVisitor};
 
 use crate::error::{ProtocolError, StoreError};
 use crate::pool::StorePool;
-use crate::protocol::Connection;
+use crate::protocol::{Connection, FEATURE_REALISATION_WITH_PATH};
 use crate::wire::{self, Request};
 
 pub const OP_QUERY_REALISATION: u64 = 43;
+
+/// Whether `name` can be a derivation output's name (the characters of a
+/// store path name, not starting with a dot), so that it needs no escaping
+/// in JSON or in a cache key.
+pub fn is_valid_output_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 211
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+}
+
+/// What Nix 2.35's daemon knows of a derivation output it built or
+/// substituted: the output path and the signatures it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildTrace {
+    pub out_path: StorePath,
+    /// `<key name>:<base64>`, as on the wire.
+    pub signatures: Vec<String>,
+}
 
 /// Checks a `DrvOutput` id (`<algo>:<digest>!<output>`) and so that it
 /// needs no escaping in JSON or in a cache key.
@@ -30,12 +56,7 @@ pub fn is_valid_drv_output_id(id: &str) -> bool {
     let Some((algo, digest)) = hash.split_once(':') else {
         return false;
     };
-    let name_ok = !output.is_empty()
-        && output.len() <= 211
-        && !output.starts_with('.')
-        && output
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
+    let name_ok = is_valid_output_name(output);
     !algo.is_empty()
         && algo.bytes().all(|b| b.is_ascii_alphanumeric())
         && !digest.is_empty()
@@ -44,6 +65,41 @@ pub fn is_valid_drv_output_id(id: &str) -> bool {
 }
 
 impl Connection {
+    /// Whether the daemon answers realisation queries by derivation path
+    /// ([`Connection::query_build_trace`]) rather than by hash
+    /// ([`Connection::query_realisation`]). Nix 2.35 answers only so.
+    pub fn keys_realisations_by_path(&self) -> bool {
+        self.has_feature(FEATURE_REALISATION_WITH_PATH)
+    }
+
+    /// The build trace of output `output` of `drv` (Nix 2.35: the daemon
+    /// must have named `realisation-with-path-not-hash`), or `None` when
+    /// the store knows none.
+    pub async fn query_build_trace(
+        &mut self,
+        sd: &StoreDir,
+        drv: &StorePath,
+        output: &str,
+    ) -> Result<Option<BuildTrace>, StoreError> {
+        if !self.keys_realisations_by_path() {
+            return Err(StoreError::Internal(
+                "the daemon did not name the realisation-with-path-not-hash feature".into(),
+            ));
+        }
+        if !is_valid_output_name(output) {
+            return Err(StoreError::Internal(format!(
+                "{output:?} is not a derivation output name"
+            )));
+        }
+        let mut req = Request::new(OP_QUERY_REALISATION);
+        req.bytes(sd.display(drv).as_bytes()).bytes(output.as_bytes());
+        self.send(req).await?;
+        self.process_stderr().await?;
+        let res = read_build_trace(self.reader(), sd).await;
+        self.broken = res.is_err();
+        Ok(res?)
+    }
+
     /// The realisation of the derivation output `id` as JSON, or `None`
     /// when the store knows none (not built, not content-addressed, or a
     /// daemon older than protocol 1.27, which has no realisations).
@@ -91,6 +147,29 @@ impl Connection {
             "{{\"dependentRealisations\":{{}},\"id\":\"{id}\",\"outPath\":\"{base}\",\"signatures\":[]}}"
         )))
     }
+}
+
+/// `std::optional<UnkeyedRealisation>` of protocol 1.38 with the
+/// `realisation-with-path-not-hash` feature: a 0/1 tag, then the output's
+/// full store path and a set of `<key>:<base64>` signatures.
+pub(crate) async fn read_build_trace<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    sd: &StoreDir,
+) -> Result<Option<BuildTrace>, ProtocolError> {
+    const WHAT: &str = "QueryRealisation reply";
+    if !wire::read_bool(r, WHAT).await? {
+        return Ok(None);
+    }
+    let path = wire::read_string(r, WHAT).await?;
+    let out_path = sd.parse_path(&path).map_err(|e| ProtocolError::Malformed {
+        what: WHAT,
+        detail: format!("{path:?} is not a store path: {e}"),
+    })?;
+    let signatures = wire::read_string_list(r, WHAT).await?;
+    Ok(Some(BuildTrace {
+        out_path,
+        signatures,
+    }))
 }
 
 /// A single-file NAR's contents, refusing anything else and anything

@@ -13,7 +13,9 @@
 //! - [`upload_build_log`] publishes a derivation's build log as
 //!   `log/<drv>` (read from Nix's log directory, decompressed, capped).
 //! - [`upload_realisation`] publishes a content-addressed derivation
-//!   output's realisation, signed, as `realisations/<id>.doi`.
+//!   output's realisation, signed, as `realisations/<id>.doi` (Nix ≤ 2.34),
+//!   and [`upload_build_trace`] as `build-trace-v2/<drv>/<output>.doi`
+//!   (Nix 2.35).
 //! - [`UploadError::is_transient`] tells the caller how soon to retry.
 //! - [`CacheReader`] reads a cache back (narinfos, NAR streams, listing),
 //!   for `nix-outbox verify`.
@@ -71,8 +73,9 @@ pub use compress::Compression;
 pub use error::{NarDigest, RemoteErrorKind, UploadError};
 pub use pipeline::{PathOutcome, upload_path};
 pub use realisation::{
-    RealisationError, RealisationOutcome, realisation_fingerprint, realisation_key,
-    sign_realisation, upload_realisation,
+    BUILD_TRACE_DIR, BuildTraceEntry, RealisationError, RealisationOutcome,
+    realisation_fingerprint, realisation_key, sign_realisation, upload_build_trace,
+    upload_realisation,
 };
 pub use remote::throttle::{WAIT_IN_REQUEST, parse_retry_after};
 pub use target::file::FileTarget;

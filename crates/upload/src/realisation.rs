@@ -1,6 +1,7 @@
 //! Realisations of content-addressed derivations, published as
 //! `realisations/<id>.doi` (what `BinaryCacheStore::registerDrvOutput`
-//! writes and `queryRealisation` reads, Nix 2.4 to 2.34).
+//! writes and `queryRealisation` reads, Nix 2.4 to 2.34), and in Nix
+//! 2.35's layout ([`build_trace`]).
 //!
 //! The JSON is the one the daemon gave us (`QueryRealisation`), with our
 //! signatures added. A realisation's signature is ed25519 over its
@@ -11,6 +12,8 @@
 //! We write that form ourselves (keys sorted explicitly, whatever
 //! serde_json's map order is) rather than trust a generic serializer.
 
+mod build_trace;
+
 use std::collections::BTreeSet;
 
 use nix_outbox_core::keys::SecretKey;
@@ -20,6 +23,7 @@ use thiserror::Error;
 
 use crate::error::UploadError;
 use crate::target::Target;
+pub use build_trace::{BUILD_TRACE_DIR, BuildTraceEntry};
 
 #[derive(Debug, Error)]
 pub enum RealisationError {
@@ -110,12 +114,37 @@ pub async fn upload_realisation(
         id: id.to_owned(),
         source: Box::new(source),
     };
-    if target.has_realisation(id).await.map_err(upload_err)? {
+    let key = realisation_key(id);
+    if target.has_realisation(&key).await.map_err(upload_err)? {
         return Ok(RealisationOutcome::AlreadyPresent);
     }
     let signed = sign_realisation(id, json, keys)?;
     target
-        .put_realisation(id, signed.into_bytes())
+        .put_realisation(&key, signed.into_bytes())
+        .await
+        .map_err(upload_err)?;
+    Ok(RealisationOutcome::Uploaded)
+}
+
+/// Publishes `entry` in Nix 2.35's layout, with the signatures the daemon
+/// holds (`existing`) and ours, unless the cache has it already.
+pub async fn upload_build_trace(
+    target: &dyn Target,
+    entry: &BuildTraceEntry,
+    existing: &[String],
+    keys: &[SecretKey],
+) -> Result<RealisationOutcome, RealisationError> {
+    let upload_err = |source| RealisationError::Upload {
+        id: entry.label(),
+        source: Box::new(source),
+    };
+    let key = entry.cache_key();
+    if target.has_realisation(&key).await.map_err(upload_err)? {
+        return Ok(RealisationOutcome::AlreadyPresent);
+    }
+    let signed = entry.signed_json(existing, keys)?;
+    target
+        .put_realisation(&key, signed.into_bytes())
         .await
         .map_err(upload_err)?;
     Ok(RealisationOutcome::Uploaded)

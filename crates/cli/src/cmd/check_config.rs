@@ -39,6 +39,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("workers         = {}", cfg.workers);
     println!(
+        "upload-nice     = {}   (the upload threads' nice value; hooks are answered at the daemon's)",
+        cfg.upload_nice
+    );
+    println!(
         "stop-timeout-secs = {}   (on stop, in-flight uploads get this long to finish; the rest stay queued)",
         cfg.stop_timeout.as_secs()
     );

@@ -178,10 +178,21 @@ async fn path_info_decodes_and_handles_invalid_and_truncation() {
 
 #[tokio::test]
 async fn handshake_against_canned_daemon_replies() {
-    // 1.34 (Nix 2.8): version string, no trust flag.
-    for (daemon_minor, with_trust) in [(34u64, false), (38, true)] {
+    // 1.34 (Nix 2.8): version string, no trust flag, no features. 1.38
+    // (Nix 2.24–2.34): a feature exchange naming none. 1.38 (Nix 2.35):
+    // features, of which we share one.
+    let nix_235 = vec![
+        "delete-dead-specific-referrers".to_owned(),
+        FEATURE_REALISATION_WITH_PATH.to_owned(),
+    ];
+    for (daemon_minor, with_trust, theirs) in [
+        (34u64, false, vec![]),
+        (38, true, vec![]),
+        (38, true, nix_235),
+    ] {
         let (client, mut server) = tokio::io::duplex(4096);
         let (cr, cw) = tokio::io::split(client);
+        let offered = theirs.clone();
         let srv = tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut buf = [0u8; 8];
@@ -190,27 +201,38 @@ async fn handshake_against_canned_daemon_replies() {
             let mut hello = Request::default();
             hello.u64(WORKER_MAGIC_2).u64((1 << 8) | daemon_minor);
             server.write_all(&hello.0).await.unwrap();
-            let mut v = [0u8; 24];
-            server.read_exact(&mut v).await.unwrap();
-            assert_eq!(
-                u64::from_le_bytes(v[..8].try_into().unwrap()),
-                CLIENT_VERSION
-            );
-            let mut rest = Request::default();
-            rest.bytes(b"2.99.0");
-            if with_trust {
-                rest.u64(1);
+            server.read_exact(&mut buf).await.unwrap();
+            assert_eq!(u64::from_le_bytes(buf), CLIENT_VERSION);
+            // As the daemon does: our features first, then its own.
+            let mut reply = Request::default();
+            if daemon_minor >= 38 {
+                let ours = wire::read_string_list(&mut server, "features").await.unwrap();
+                assert_eq!(ours, CLIENT_FEATURES);
+                reply.string_list(&offered);
             }
-            rest.u64(STDERR_LAST);
-            server.write_all(&rest.0).await.unwrap();
+            let mut v = [0u8; 16];
+            server.read_exact(&mut v).await.unwrap();
+            assert_eq!(v, [0u8; 16], "CPU affinity and reserveSpace, both off");
+            reply.bytes(b"2.99.0");
+            if with_trust {
+                reply.u64(1);
+            }
+            reply.u64(STDERR_LAST);
+            server.write_all(&reply.0).await.unwrap();
             server
         });
         let conn = Connection::handshake(Box::new(cr), Box::new(cw), None)
             .await
             .unwrap();
-        assert_eq!(conn.protocol_minor(), daemon_minor.min(37));
+        assert_eq!(conn.protocol_minor(), daemon_minor.min(38));
         assert_eq!(conn.daemon_nix_version(), Some("2.99.0"));
         assert_eq!(conn.trusted, with_trust.then_some(true));
+        assert_eq!(
+            conn.has_feature(FEATURE_REALISATION_WITH_PATH),
+            theirs.len() == 2,
+            "{theirs:?}"
+        );
+        assert!(!conn.has_feature("delete-dead-specific-referrers"));
         assert!(!conn.is_broken());
         drop(srv.await.unwrap());
     }

@@ -29,7 +29,7 @@ use nix_outbox_core::atomic_write::{self, AtomicWriteError};
 use crate::error::UploadError;
 use crate::target::{
     BoxFuture, NarWriter, Target, check_drv_name, check_hash_part, check_nar_name,
-    check_realisation_id,
+    check_realisation_key,
 };
 use group_sync::GroupSync;
 use writeback::WritebackFile;
@@ -202,24 +202,21 @@ impl Target for FileTarget {
         })
     }
 
-    fn has_realisation<'a>(&'a self, rid: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+    fn has_realisation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
         Box::pin(async move {
-            check_realisation_id(rid)?;
-            let name = format!("{rid}.doi");
-            self.has_file(self.root.join("realisations").join(name))
-                .await
+            check_realisation_key(key)?;
+            self.has_file(self.root.join(key)).await
         })
     }
 
     fn put_realisation<'a>(
         &'a self,
-        rid: &'a str,
+        key: &'a str,
         json: Vec<u8>,
     ) -> BoxFuture<'a, Result<(), UploadError>> {
         Box::pin(async move {
-            check_realisation_id(rid)?;
-            self.put_in_subdir("realisations", format!("{rid}.doi"), json)
-                .await
+            let (dir, file) = check_realisation_key(key)?;
+            self.put_in_subdir(dir, file.to_owned(), json).await
         })
     }
 

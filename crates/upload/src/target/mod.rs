@@ -137,24 +137,26 @@ pub trait Target: Send + Sync {
         })
     }
 
-    /// Whether `realisations/<id>.doi` exists. The default, for targets
-    /// that keep no realisations, says no.
-    fn has_realisation<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
-        let _ = id;
+    /// Whether the realisation at `key` exists: `realisations/<id>.doi`
+    /// (Nix ≤ 2.34) or `build-trace-v2/<drv>/<output>.doi` (Nix 2.35),
+    /// checked by [`check_realisation_key`]. The default, for targets that
+    /// keep no realisations, says no.
+    fn has_realisation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+        let _ = key;
         Box::pin(async { Ok(false) })
     }
 
-    /// Writes (or replaces) `realisations/<id>.doi`, a content-addressed
-    /// derivation output's realisation (JSON). The default refuses.
+    /// Writes (or replaces) the realisation at `key` (JSON), a
+    /// content-addressed derivation output's. The default refuses.
     fn put_realisation<'a>(
         &'a self,
-        id: &'a str,
+        key: &'a str,
         json: Vec<u8>,
     ) -> BoxFuture<'a, Result<(), UploadError>> {
         let _ = json;
         Box::pin(async move {
             Err(UploadError::Internal(format!(
-                "{}: this target cannot store realisations (realisations/{id}.doi)",
+                "{}: this target cannot store realisations ({key})",
                 self.id()
             )))
         })
@@ -266,14 +268,23 @@ pub(crate) fn check_drv_name(name: &str) -> Result<(), UploadError> {
 
 /// Refuses a realisation id that is not `<algo>:<digest>!<output>` (so
 /// `realisations/<id>.doi` stays one file in the cache).
-pub(crate) fn check_realisation_id(id: &str) -> Result<(), UploadError> {
-    if nix_outbox_store::is_valid_drv_output_id(id) {
-        Ok(())
-    } else {
-        Err(UploadError::Internal(format!(
-            "{id:?} is not a derivation output id"
-        )))
-    }
+/// Refuses a realisation key other than `realisations/<id>.doi` and
+/// `build-trace-v2/<drv>/<output>.doi`, and returns it split into its
+/// directory and file name: nothing else may be written through it.
+pub(crate) fn check_realisation_key(key: &str) -> Result<(&str, &str), UploadError> {
+    let bad = || UploadError::Internal(format!("{key:?} is not a realisation's cache key"));
+    let (dir, file) = key.rsplit_once('/').ok_or_else(bad)?;
+    let stem = file.strip_suffix(".doi").ok_or_else(bad)?;
+    let ok = match dir.split_once('/') {
+        None => dir == "realisations" && nix_outbox_store::is_valid_drv_output_id(stem),
+        Some((top, drv)) => {
+            top == crate::realisation::BUILD_TRACE_DIR
+                && nix_outbox_core::StorePath::from_base_name(drv)
+                    .is_ok_and(|p| p.is_derivation())
+                && nix_outbox_store::is_valid_output_name(stem)
+        }
+    };
+    if ok { Ok((dir, file)) } else { Err(bad()) }
 }
 
 /// Refuses a NAR file name other than `<nixbase32>.nar[.ext]`.

@@ -35,7 +35,7 @@ use crate::remote::multipart_cleanup::{self, MultipartCleanup};
 use crate::remote::throttle::{Throttle, ThrottledConnector};
 use crate::remote::{self, Remote};
 use crate::target::{
-    BoxFuture, NarWriter, Target, check_drv_name, check_hash_part, check_realisation_id,
+    BoxFuture, NarWriter, Target, check_drv_name, check_hash_part, check_realisation_key,
 };
 use crate::url::{TargetConfig, TargetLocation};
 
@@ -368,27 +368,21 @@ impl Target for ObjectStoreTarget {
         })
     }
 
-    fn has_realisation<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
+    fn has_realisation<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, UploadError>> {
         Box::pin(async move {
-            check_realisation_id(id)?;
-            self.has_key(format!("realisations/{id}.doi")).await
+            check_realisation_key(key)?;
+            self.has_key(key.to_owned()).await
         })
     }
 
     fn put_realisation<'a>(
         &'a self,
-        id: &'a str,
+        key: &'a str,
         json: Vec<u8>,
     ) -> BoxFuture<'a, Result<(), UploadError>> {
         Box::pin(async move {
-            check_realisation_id(id)?;
-            self.remote
-                .put(
-                    &format!("realisations/{id}.doi"),
-                    json.into(),
-                    REALISATION_TYPE,
-                )
-                .await
+            check_realisation_key(key)?;
+            self.remote.put(key, json.into(), REALISATION_TYPE).await
         })
     }
 
