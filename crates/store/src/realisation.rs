@@ -14,10 +14,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 
-use nix_outbox_core::{StoreDir, StorePath};
 use nix_outbox_core::derivation::hash_modulo::{self, HashModuloError};
 use nix_outbox_core::derivation::{self, Derivation, MAX_DRV_SIZE};
 use nix_outbox_core::nar::{self, NarVisitor};
+use nix_outbox_core::{StoreDir, StorePath};
 
 use crate::error::{ProtocolError, StoreError};
 use crate::pool::StorePool;
@@ -92,7 +92,8 @@ impl Connection {
             )));
         }
         let mut req = Request::new(OP_QUERY_REALISATION);
-        req.bytes(sd.display(drv).as_bytes()).bytes(output.as_bytes());
+        req.bytes(sd.display(drv).as_bytes())
+            .bytes(output.as_bytes());
         self.send(req).await?;
         self.process_stderr().await?;
         let res = read_build_trace(self.reader(), sd).await;

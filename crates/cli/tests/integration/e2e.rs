@@ -121,6 +121,7 @@ fn sigkill_mid_upload_loses_nothing() {
     let outs = build_via(&nix, &graph_expr("kill", 3, 48));
     let nar_dir = outbox.cache.join("nar");
     let mut killed_mid_nar = 0;
+    let mut killed = Vec::new();
     for _round in 0..3 {
         // Kill while a NAR is being written (a `.tmp-` file exists in nar/),
         // or give up waiting for one after a while (everything uploaded).
@@ -137,6 +138,7 @@ fn sigkill_mid_upload_loses_nothing() {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        killed.push(outbox.pid());
         outbox.kill();
         outbox.start(Some(&nix.socket));
     }
@@ -148,9 +150,12 @@ fn sigkill_mid_upload_loses_nothing() {
     for p in tk::closure(&outs) {
         assert!(outbox.has(&p), "{p} missing\n{}", outbox.log());
     }
-    // No narinfo points to a missing or wrong NAR. The `.tmp-` files of
-    // the NARs the kills interrupted do remain, at most one per kill and
-    // only in nar/; a later start sweeps those untouched for an hour.
+    // No narinfo points to a missing or wrong NAR. The `.tmp-<pid>-<n>`
+    // files of the NARs the kills interrupted do remain, only in nar/, and
+    // only the killed daemons': at most one per NAR they were writing at
+    // once (the file:// default `max-connections`, 16). A later start
+    // sweeps those untouched for an hour; the daemon that finished the
+    // work leaves none.
     outbox.assert_cache_valid();
     let leftovers: Vec<String> = std::fs::read_dir(&nar_dir)
         .unwrap()
@@ -158,7 +163,24 @@ fn sigkill_mid_upload_loses_nothing() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".tmp-"))
         .collect();
-    assert!(leftovers.len() <= 3, "{leftovers:?}");
+    for name in &leftovers {
+        let pid: u32 = name
+            .strip_prefix(".tmp-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not named .tmp-<pid>-<n>"));
+        assert!(
+            killed.contains(&pid),
+            "{name} is not a killed daemon's ({killed:?})"
+        );
+    }
+    for pid in &killed {
+        let n = leftovers
+            .iter()
+            .filter(|l| l.starts_with(&format!(".tmp-{pid}-")))
+            .count();
+        assert!(n <= 16, "{n} leftovers of daemon {pid}: {leftovers:?}");
+    }
     delete_and_substitute(&outbox, &outs);
 }
 

@@ -5,6 +5,15 @@
 //! `$NIX_OUTBOX_MATRIX_DIR`: first every version uploads, then every
 //! version reads the others' caches. Hence `#[ignore]`: alone, a phase
 //! proves nothing.
+//!
+//! Each version also builds a content-addressed derivation
+//! (`ca-derivations`) whose inputs are content-addressed too, and every
+//! other version substitutes it from the caches alone (`--max-jobs 0`).
+//! That needs the realisation layout each reader reads: Nix ≤ 2.34 reads
+//! `realisations/<hash>!out.doi`, Nix 2.35 only
+//! `build-trace-v2/<drv>/out.doi`, and we write both, whichever Nix built.
+
+use std::os::unix::fs::PermissionsExt as _;
 
 use std::path::{Path, PathBuf};
 
@@ -43,17 +52,38 @@ fn matrix_upload() {
         .map(|(c, d)| format!("file://{}?compression={c}", d.display()))
         .collect();
     let mut outbox = Outbox::with_targets(|_| targets.clone(), &[]);
-    let nix = outbox.nix_daemon();
+    let nix = tk::PrivateDaemon::start_with_env(
+        &format!(
+            "post-build-hook = {}\nextra-experimental-features = ca-derivations",
+            hook_bin().display()
+        ),
+        &[("NIX_OUTBOX_CONFIG", outbox.config.to_str().unwrap())],
+    );
     outbox.start(Some(&nix.socket));
     let tag = format!("matrix-{}", version.replace('.', "-"));
     let outs = build_via(&nix, &graph_expr(&tag, 3, 1));
+    let (ca_expr, ca_out) = build_ca(&nix, &dir);
     outbox.wait();
     for cache in &caches {
-        for p in tk::closure(&outs) {
+        for p in tk::closure(&outs)
+            .into_iter()
+            .chain(tk::closure(&[ca_out.clone()]))
+        {
             assert!(has_narinfo(cache, &p), "{p} not in {}", cache.display());
         }
         outbox.assert_cache_valid_at(cache);
+        // Both layouts, for the realisations of both CA derivations.
+        for layout in ["realisations", "build-trace-v2"] {
+            let n = count_doi(&cache.join(layout));
+            assert!(
+                n >= 2,
+                "{n} realisations under {layout} in {}",
+                cache.display()
+            );
+        }
     }
+    std::fs::write(dir.join("ca-expr"), &ca_expr).unwrap();
+    std::fs::write(dir.join("ca-output"), &ca_out).unwrap();
     std::fs::write(dir.join("key.pub"), outbox.public_key.trim()).unwrap();
     std::fs::write(dir.join("outputs"), outs.join("\n")).unwrap();
     // Written last: a reader only trusts a finished upload phase.
@@ -93,8 +123,81 @@ fn matrix_read_others() {
                 String::from_utf8_lossy(&out.stderr)
             );
             substitute_and_check(&cache, &key, &outputs, &version, theirs);
+            substitute_ca(&cache, &key, dir, &version, theirs);
         }
     }
+}
+
+/// Builds `realisations::expr` (a CA derivation with a CA and a
+/// fixed-output input) through `nix`; returns the expression and its
+/// output path.
+fn build_ca(nix: &tk::PrivateDaemon, dir: &Path) -> (String, String) {
+    // The builders run as nixbld users and append to the marker.
+    let marker_dir = dir.join("ca-marker");
+    std::fs::create_dir_all(&marker_dir).unwrap();
+    std::fs::set_permissions(&marker_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let marker = marker_dir.join("builds");
+    std::fs::write(&marker, "").unwrap();
+    std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let expr = crate::realisations::expr(&tk::nonce(), &marker);
+    let out = tk::run(
+        tk::nix_build_cmd(&expr)
+            .args(["--extra-experimental-features", "ca-derivations"])
+            .env("NIX_REMOTE", format!("unix://{}", nix.socket.display())),
+    );
+    let out = tk::stdout_string(&out).trim().to_owned();
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "dep\ntop\n");
+    (expr, out)
+}
+
+/// The `.doi` files anywhere under `dir`.
+fn count_doi(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_doi(&p)
+            } else {
+                usize::from(p.extension().is_some_and(|x| x == "doi"))
+            }
+        })
+        .sum()
+}
+
+/// Substitutes the other version's CA build into a fresh store from
+/// `cache` alone: `--max-jobs 0` forbids building, so Nix must find the
+/// realisations (of the inputs and of the resolved derivation) there.
+fn substitute_ca(cache: &str, key: &str, dir: &Path, ours: &str, theirs: &str) {
+    let expr = std::fs::read_to_string(dir.join("ca-expr")).unwrap();
+    let want = std::fs::read_to_string(dir.join("ca-output")).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let root = fresh.path().to_str().unwrap();
+    let out = tk::nix()
+        .args([
+            "--extra-experimental-features",
+            "nix-command ca-derivations",
+        ])
+        .args(["--option", "substituters", cache])
+        .args(["--option", "trusted-public-keys", key])
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .args(["build", "--store", root, "--no-link"])
+        .args(["--max-jobs", "0", "--impure", "--expr", &expr])
+        .env_remove("NIX_REMOTE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Nix {ours} cannot substitute the CA build of Nix {theirs} from {cache}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The output the other version built, with its contents.
+    let content = std::fs::read_to_string(fresh.path().join(want.trim_start_matches('/')))
+        .unwrap_or_else(|e| panic!("Nix {ours} did not substitute {want} from {cache}: {e}"));
+    assert!(content.contains("ca-dep-"), "{content}");
 }
 
 /// Substitutes `outputs` (absent here: another store wrote them) from

@@ -20,7 +20,7 @@ const FEATURES: &str = "nix-command ca-derivations";
 /// and a fixed-output `fod`, its output referencing both (so its
 /// realisation depends on theirs). Every build appends a line to
 /// `marker`.
-fn expr(nonce: &str, marker: &Path) -> String {
+pub(crate) fn expr(nonce: &str, marker: &Path) -> String {
     let m = marker.display();
     format!(
         r#"let

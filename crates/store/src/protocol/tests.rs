@@ -206,7 +206,9 @@ async fn handshake_against_canned_daemon_replies() {
             // As the daemon does: our features first, then its own.
             let mut reply = Request::default();
             if daemon_minor >= 38 {
-                let ours = wire::read_string_list(&mut server, "features").await.unwrap();
+                let ours = wire::read_string_list(&mut server, "features")
+                    .await
+                    .unwrap();
                 assert_eq!(ours, CLIENT_FEATURES);
                 reply.string_list(&offered);
             }

@@ -12,7 +12,11 @@
 //! so at most `2 + IN_FLIGHT` parts are in memory (4 × 8 MiB by default),
 //! and a slow server slows the compressor down instead of filling memory.
 //!
-//! A NAR that fits in one part is sent with a single `PUT` instead. Nothing
+//! A NAR no larger than `multipart-threshold` (by default one part) is
+//! sent with a single `PUT` instead: the task holds the parts until the
+//! NAR ends or passes the threshold, so a threshold above one part costs
+//! up to that much memory per NAR (at most 128 MiB, which is what the
+//! scheduler charges a large NAR). Nothing
 //! is visible until [`finish`](NarWriter::finish) completes the upload;
 //! abandoning the writer (abort, drop, or any error) aborts the multipart
 //! upload so no orphaned parts are left to pay for. Uploads we cannot
@@ -33,9 +37,10 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use nix_outbox_core::nixbase32;
-use object_store::PutMultipartOptions;
 use object_store::path::Path as ObjectPath;
+use object_store::{PutMultipartOptions, PutPayload};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -171,6 +176,8 @@ impl NarWriter for MultipartNarWriter {
         let part_size = self.cfg.part_size(expected.size);
         self.part_size = usize::try_from(part_size)
             .map_err(|_| UploadError::Internal(format!("part size {part_size} too large")))?;
+        // At least one part: parts are what the writer holds anyway.
+        let threshold = self.cfg.multipart_threshold.unwrap_or(0).max(part_size) as usize;
         let (tx, rx) = mpsc::channel(1);
         let (remote, key, slot) = (
             self.remote.clone(),
@@ -179,7 +186,7 @@ impl NarWriter for MultipartNarWriter {
         );
         self.task = Some(self.runtime.spawn(async move {
             let mut rx = rx;
-            if let Err(e) = upload(&remote, &key, &mut rx, &slot).await {
+            if let Err(e) = upload(&remote, &key, threshold, &mut rx, &slot).await {
                 report(&slot, e);
             }
             // Only now, with the error in place, may a writer blocked on
@@ -229,23 +236,43 @@ impl NarWriter for MultipartNarWriter {
     }
 }
 
-/// The upload task: one `PUT`, or a multipart upload that is completed on
-/// `Last` and aborted on any error or when the writer goes away.
+/// The upload task: one `PUT` for a NAR of at most `threshold` bytes
+/// (`multipart-threshold`; the parts up to it are held until the NAR
+/// ends or passes it), or a multipart upload that is completed on `Last`
+/// and aborted on any error or when the writer goes away.
 async fn upload(
     remote: &Remote,
     key: &str,
+    threshold: usize,
     rx: &mut mpsc::Receiver<Msg>,
     failure: &Mutex<Option<UploadError>>,
 ) -> Result<(), UploadError> {
-    let first = match rx.recv().await {
-        Some(Msg::Part(p)) => p,
-        Some(Msg::Last(all)) => return remote.put(key, all.into(), remote::NAR_TYPE).await,
-        // Abandoned before anything was sent: nothing to clean up.
-        None => return Ok(()),
-    };
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    let mut held_len = 0;
+    // The part that ends the NAR, when it came before the upload started.
+    let mut last = None;
+    while held_len <= threshold {
+        match rx.recv().await {
+            Some(Msg::Part(p)) => {
+                held_len += p.len();
+                held.push(p);
+            }
+            Some(Msg::Last(p)) if held_len + p.len() <= threshold => {
+                held.push(p);
+                let all: PutPayload = held.into_iter().map(Bytes::from).collect();
+                return remote.put(key, all, remote::NAR_TYPE).await;
+            }
+            Some(Msg::Last(p)) => {
+                last = Some(p);
+                break;
+            }
+            // Abandoned before anything was sent: nothing to clean up.
+            None => return Ok(()),
+        }
+    }
     let path = ObjectPath::from(key);
     let opts = PutMultipartOptions {
-        attributes: remote::content_type_attr(remote::NAR_TYPE),
+        attributes: remote.attributes(remote::NAR_TYPE),
         ..Default::default()
     };
     let start = remote.store.put_multipart_opts(&path, opts);
@@ -271,8 +298,22 @@ async fn upload(
         let (remote, key) = (remote.clone(), key.to_owned());
         parts.spawn(async move { remote.deadline("upload a part of", &key, len, fut).await });
     };
-    send(&mut parts, first);
     let sent: Result<bool, UploadError> = async {
+        for p in held {
+            while parts.len() >= IN_FLIGHT {
+                join_one(&mut parts).await?;
+            }
+            send(&mut parts, p);
+        }
+        if let Some(p) = last {
+            if !p.is_empty() {
+                send(&mut parts, p);
+            }
+            while !parts.is_empty() {
+                join_one(&mut parts).await?;
+            }
+            return Ok(true);
+        }
         loop {
             while parts.len() >= IN_FLIGHT {
                 join_one(&mut parts).await?;

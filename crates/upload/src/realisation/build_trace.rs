@@ -35,7 +35,11 @@ pub struct BuildTraceEntry {
 
 impl BuildTraceEntry {
     /// Checks that `drv` is a derivation and `output` an output name.
-    pub fn new(drv: StorePath, output: &str, out_path: StorePath) -> Result<Self, RealisationError> {
+    pub fn new(
+        drv: StorePath,
+        output: &str,
+        out_path: StorePath,
+    ) -> Result<Self, RealisationError> {
         let entry = Self {
             drv,
             output: output.to_owned(),
@@ -57,7 +61,11 @@ impl BuildTraceEntry {
 
     /// The cache key, `build-trace-v2/<drv>/<output>.doi`.
     pub fn cache_key(&self) -> String {
-        format!("{BUILD_TRACE_DIR}/{}/{}.doi", self.drv.as_str(), self.output)
+        format!(
+            "{BUILD_TRACE_DIR}/{}/{}.doi",
+            self.drv.as_str(),
+            self.output
+        )
     }
 
     /// What Nix signs and checks.
@@ -172,8 +180,8 @@ mod tests {
         assert_eq!(sigs.len(), 2, "{json}");
         assert_eq!(sigs[0]["keyName"], "a-cache-1");
         assert_eq!(sigs[1]["keyName"], "z-cache-1");
-        let ours = Signature::parse(&format!("a-cache-1:{}", sigs[0]["sig"].as_str().unwrap()))
-            .unwrap();
+        let ours =
+            Signature::parse(&format!("a-cache-1:{}", sigs[0]["sig"].as_str().unwrap())).unwrap();
         assert!(a.public_key().verify(e.fingerprint().as_bytes(), &ours));
     }
 
@@ -183,7 +191,10 @@ mod tests {
         assert!(BuildTraceEntry::new(out.clone(), "out", out.clone()).is_err());
         let drv = StorePath::from_base_name("g1w7hy3qg1w7hy3qg1w7hy3qg1w7hy3q-bar.drv").unwrap();
         for name in ["", ".hidden", "a\"b", "a/b"] {
-            assert!(BuildTraceEntry::new(drv.clone(), name, out.clone()).is_err(), "{name}");
+            assert!(
+                BuildTraceEntry::new(drv.clone(), name, out.clone()).is_err(),
+                "{name}"
+            );
         }
         let e = entry();
         assert!(e.signed_json(&["garbage".into()], &[]).is_err());

@@ -32,6 +32,8 @@ pub(crate) struct Remote {
     pub credentials: Arc<str>,
     /// Finds multipart uploads whose id was lost (S3 only).
     pub cleanup: Option<Arc<MultipartCleanup>>,
+    /// `storage-class` (S3 only): sent with every object written.
+    pub storage_class: Option<Arc<str>>,
 }
 
 /// Only the id: the client's own `Debug` is long and holds credentials
@@ -45,6 +47,18 @@ impl std::fmt::Debug for Remote {
 }
 
 impl Remote {
+    /// The attributes of an object written: its type, and the storage
+    /// class if one is set (on a `PUT` and on the request that starts a
+    /// multipart upload, as Nix 2.35 sends it; S3 takes the class from
+    /// those).
+    pub(crate) fn attributes(&self, content_type: &'static str) -> Attributes {
+        let mut attrs = content_type_attr(content_type);
+        if let Some(c) = &self.storage_class {
+            attrs.insert(Attribute::StorageClass, c.to_string().into());
+        }
+        attrs
+    }
+
     /// Writes `key` in one request.
     pub(crate) async fn put(
         &self,
@@ -54,7 +68,7 @@ impl Remote {
     ) -> Result<(), UploadError> {
         let len = payload.content_length() as u64;
         let opts = PutOptions {
-            attributes: content_type_attr(content_type),
+            attributes: self.attributes(content_type),
             ..Default::default()
         };
         let path = ObjectPath::from(key);

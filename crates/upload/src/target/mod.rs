@@ -279,8 +279,7 @@ pub(crate) fn check_realisation_key(key: &str) -> Result<(&str, &str), UploadErr
         None => dir == "realisations" && nix_outbox_store::is_valid_drv_output_id(stem),
         Some((top, drv)) => {
             top == crate::realisation::BUILD_TRACE_DIR
-                && nix_outbox_core::StorePath::from_base_name(drv)
-                    .is_ok_and(|p| p.is_derivation())
+                && nix_outbox_core::StorePath::from_base_name(drv).is_ok_and(|p| p.is_derivation())
                 && nix_outbox_store::is_valid_output_name(stem)
         }
     };

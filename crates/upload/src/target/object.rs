@@ -103,15 +103,20 @@ impl ObjectStoreTarget {
                     .with_http_connector(connector());
                 // Deliberately no `with_checksum_algorithm`: the extra
                 // checksum headers break several S3-compatible stores.
-                if let Some(e) = endpoint {
-                    // As Nix does: a custom endpoint is addressed
-                    // path-style (bucket in the path, not the host name).
-                    b = b
-                        .with_endpoint(format!("{scheme}://{e}"))
-                        .with_virtual_hosted_style_request(false);
-                } else if scheme == "http" {
-                    b = b.with_endpoint(format!("http://s3.{region}.amazonaws.com"));
-                }
+                // `addressing-style`, as Nix 2.35 resolves it: by default
+                // AWS is addressed virtual-hosted and a custom endpoint
+                // path-style. object_store wants the bucket in a
+                // virtual-hosted endpoint.
+                let hosted = cfg.addressing.virtual_hosted(bucket, endpoint.as_deref());
+                let host = match (endpoint, hosted) {
+                    (Some(e), false) => e.clone(),
+                    (Some(e), true) => format!("{bucket}.{e}"),
+                    (None, false) => format!("s3.{region}.amazonaws.com"),
+                    (None, true) => format!("{bucket}.s3.{region}.amazonaws.com"),
+                };
+                b = b
+                    .with_endpoint(format!("{scheme}://{host}"))
+                    .with_virtual_hosted_style_request(hosted);
                 match creds {
                     Some(c) => {
                         b = b
@@ -165,6 +170,7 @@ impl ObjectStoreTarget {
                 is_s3,
                 credentials: credentials.into(),
                 cleanup,
+                storage_class: cfg.storage_class.as_deref().map(Into::into),
             },
             multipart: (is_s3 && cfg.multipart_upload).then(|| cfg.clone()),
             cache_info_ok: AtomicBool::new(false),

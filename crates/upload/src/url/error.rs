@@ -7,7 +7,8 @@ pub(crate) const COMMON: &str =
     "compression, compression-level, parallel-compression, write-nar-listing, max-connections";
 /// What an `s3://` target accepts, for error messages.
 pub(crate) const S3_ACCEPTED: &str = "compression, compression-level, parallel-compression, \
-     write-nar-listing, max-connections, region, endpoint, scheme, profile, multipart-upload, multipart-chunk-size";
+     write-nar-listing, max-connections, region, endpoint, scheme, profile, multipart-upload, \
+     multipart-chunk-size (or buffer-size), multipart-threshold, addressing-style, storage-class";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TargetUrlError {
@@ -105,7 +106,14 @@ pub enum TargetUrlError {
     #[error("target {url:?}: compression-level has no effect with compression=none; remove it")]
     LevelWithoutCompression { url: String },
     #[error(
-        "target {url:?}: multipart-chunk-size has no effect with multipart-upload=false; remove one"
+        "target {url:?}: multipart-chunk-size and multipart-threshold have no effect with \
+         multipart-upload=false; remove one"
     )]
     ChunkSizeWithoutMultipart { url: String },
+    #[error(
+        "target {url:?}: addressing-style=virtual cannot name bucket {bucket:?} in a host name: \
+         its dots would make it several labels, which the server's TLS certificate does not \
+         cover; use addressing-style=path (or auto, which picks it)"
+    )]
+    VirtualWithDots { url: String, bucket: String },
 }

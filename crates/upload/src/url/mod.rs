@@ -6,7 +6,10 @@
 //!
 //! each with `compression=zstd|xz|none`, `compression-level=N`,
 //! `parallel-compression=BOOL` and `write-nar-listing=BOOL`; S3 also takes
-//! `multipart-upload=BOOL` and `multipart-chunk-size=BYTES`.
+//! `multipart-upload=BOOL`, `multipart-chunk-size=BYTES` (or its alias
+//! `buffer-size`), and from Nix 2.35 `addressing-style=auto|path|virtual`,
+//! `storage-class=CLASS` and `multipart-threshold=BYTES`. Sizes take Nix's
+//! `K`/`M`/`G`/`T` suffixes.
 //!
 //! Accepting Nix's own spelling means a cache URL can be pasted between
 //! `nix.conf`, `nix copy` and our config. Where we differ from Nix we say so:
@@ -19,20 +22,29 @@
 //!   temporary file and sends it in one `PUT` (at most 5 GiB), for stores
 //!   without multipart support. Parts are 8 MiB unless
 //!   `multipart-chunk-size` says otherwise (Nix: 5 MiB).
+//! - `multipart-threshold` defaults to one part (Nix 2.35: 100 MiB): a NAR
+//!   goes up in parts once it is larger than that. The writer holds a NAR
+//!   up to the threshold in memory before it knows which way it goes, so
+//!   the threshold is at most 128 MiB, what a NAR upload is charged
+//!   against the memory budget.
+//! - `storage-class` refuses `GLACIER` and `DEEP_ARCHIVE`: their objects
+//!   cannot be read without a restore, so no Nix could substitute.
 //! - Parameters Nix would ignore (or that mean something only for another
 //!   scheme) are errors here, so a typo never silently changes what gets
 //!   uploaded.
 
+mod canonical;
 mod error;
 mod location;
-
-use std::fmt;
+mod s3;
 
 use crate::compress::Compression;
 pub use error::TargetUrlError;
 use error::{COMMON, S3_ACCEPTED};
 pub use location::TargetLocation;
 use location::{DEFAULT_REGION, parse_bucket, parse_endpoint, parse_file_path, parse_http_url};
+pub use s3::Addressing;
+use s3::{check_storage_class, parse_size};
 
 /// Parameters that only mean something for an S3 target.
 const S3_PARAMS: &[&str] = &[
@@ -42,6 +54,10 @@ const S3_PARAMS: &[&str] = &[
     "scheme",
     "multipart-upload",
     "multipart-chunk-size",
+    "buffer-size",
+    "multipart-threshold",
+    "addressing-style",
+    "storage-class",
 ];
 
 /// S3's smallest part (except the last), its largest, and its part count.
@@ -49,6 +65,8 @@ pub(crate) const MIN_PART: u64 = 5 * 1024 * 1024;
 pub(crate) const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
 /// Our default part size: S3's minimum would need more requests for no gain.
 pub(crate) const DEFAULT_PART: u64 = 8 * 1024 * 1024;
+/// The largest `multipart-threshold`: a NAR is held in memory up to it.
+pub const MAX_MULTIPART_THRESHOLD: u64 = 128 * 1024 * 1024;
 
 /// A parsed target URL: where to upload and how to encode what is uploaded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -75,6 +93,14 @@ pub struct TargetConfig {
     /// file://, NARs written at once), shared by every job; `None`: the
     /// default for its kind (see [`TargetConfig::connections`]).
     pub max_connections: Option<usize>,
+    /// S3 only: how requests name the bucket (`addressing-style`).
+    pub addressing: Addressing,
+    /// S3 only: the storage class of every object written
+    /// (`x-amz-storage-class`); `None`: the bucket's default.
+    pub storage_class: Option<String>,
+    /// S3 only: NARs larger than this many compressed bytes go up in
+    /// parts, smaller ones in one `PUT`; `None`: one part's size.
+    pub multipart_threshold: Option<u64>,
 }
 
 /// Requests in flight to a remote cache by default: enough to fill a link
@@ -143,51 +169,6 @@ impl TargetConfig {
     }
 }
 
-/// The canonical URL: normalised location, then only the parameters that
-/// differ from the defaults, in a fixed order. Parsing it gives back an
-/// equal value.
-impl fmt::Display for TargetConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let location = self.location.to_string();
-        f.write_str(&location)?;
-        let mut params = Vec::new();
-        if self.compression != Compression::default() {
-            params.push(format!("compression={}", self.compression.nix_name()));
-        }
-        if let Some(level) = self.compression_level {
-            params.push(format!("compression-level={level}"));
-        }
-        if let Some(p) = self.parallel_compression {
-            params.push(format!("parallel-compression={p}"));
-        }
-        if self.write_nar_listing {
-            params.push("write-nar-listing=true".to_owned());
-        }
-        if !self.multipart_upload {
-            params.push("multipart-upload=false".to_owned());
-        }
-        if let Some(n) = self.multipart_chunk_size {
-            params.push(format!("multipart-chunk-size={n}"));
-        }
-        if let Some(n) = self.max_connections {
-            params.push(format!("max-connections={n}"));
-        }
-        if !params.is_empty() {
-            // The location may already carry S3 parameters.
-            let sep = if location.contains('?') { '&' } else { '?' };
-            write!(f, "{sep}{}", params.join("&"))?;
-        }
-        Ok(())
-    }
-}
-
-impl std::str::FromStr for TargetConfig {
-    type Err = TargetUrlError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse(s)
-    }
-}
-
 fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
     let u = || url.to_owned();
     if url.is_empty() {
@@ -237,6 +218,9 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
         multipart_upload: true,
         multipart_chunk_size: None,
         max_connections: None,
+        addressing: Addressing::Auto,
+        storage_class: None,
+        multipart_threshold: None,
     };
     let mut seen: Vec<&str> = Vec::new();
     let mut level: Option<i64> = None;
@@ -248,6 +232,12 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
                 url: u(),
                 param: param.to_owned(),
             });
+        };
+        // Nix 2.35's alias: one setting, whichever name it is given by.
+        let name = if name == "buffer-size" {
+            "multipart-chunk-size"
+        } else {
+            name
         };
         if seen.contains(&name) {
             return Err(TargetUrlError::DuplicateParam {
@@ -345,7 +335,8 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
             ("multipart-upload", Some(_)) => cfg.multipart_upload = boolean("multipart-upload")?,
             ("multipart-chunk-size", Some(_)) => {
                 let n = value
-                    .and_then(|v| v.parse::<u64>().ok())
+                    .as_deref()
+                    .and_then(parse_size)
                     .filter(|n| (MIN_PART..=MAX_PART).contains(n))
                     .ok_or_else(|| {
                         bad(
@@ -354,6 +345,31 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
                         )
                     })?;
                 cfg.multipart_chunk_size = (n != DEFAULT_PART).then_some(n);
+            }
+            ("multipart-threshold", Some(_)) => {
+                let n = value
+                    .as_deref()
+                    .and_then(parse_size)
+                    .filter(|n| *n <= MAX_MULTIPART_THRESHOLD)
+                    .ok_or_else(|| {
+                        bad(
+                            "multipart-threshold",
+                            "a size in bytes up to 134217728 (128 MiB: a NAR is held in memory up to \
+                             it), e.g. 64M",
+                        )
+                    })?;
+                cfg.multipart_threshold = Some(n);
+            }
+            ("addressing-style", Some(_)) => {
+                cfg.addressing = value
+                    .as_deref()
+                    .and_then(Addressing::parse)
+                    .ok_or_else(|| bad("addressing-style", "auto, path or virtual"))?;
+            }
+            ("storage-class", Some(_)) => {
+                let v = value.unwrap_or_default();
+                check_storage_class(&v).map_err(|expected| bad("storage-class", expected))?;
+                cfg.storage_class = Some(v);
             }
             (s, None) if S3_PARAMS.contains(&s) => {
                 return Err(TargetUrlError::S3Param {
@@ -388,8 +404,19 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
             (None, None) => {}
         }
     }
-    if !cfg.multipart_upload && seen.contains(&"multipart-chunk-size") {
+    if !cfg.multipart_upload
+        && (seen.contains(&"multipart-chunk-size") || seen.contains(&"multipart-threshold"))
+    {
         return Err(TargetUrlError::ChunkSizeWithoutMultipart { url: u() });
+    }
+    if let TargetLocation::S3 { bucket, .. } = &cfg.location
+        && cfg.addressing == Addressing::Virtual
+        && bucket.contains('.')
+    {
+        return Err(TargetUrlError::VirtualWithDots {
+            url: u(),
+            bucket: bucket.clone(),
+        });
     }
     if let Some(n) = level {
         if cfg.compression == Compression::None {

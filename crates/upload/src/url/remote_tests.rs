@@ -153,7 +153,7 @@ fn s3_parameter_errors_are_precise() {
         "{msg}"
     );
     // Nix's other S3 settings are refused rather than silently ignored.
-    for p in ["buffer-size", "narinfo-compression", "log-compression"] {
+    for p in ["narinfo-compression", "log-compression", "index-debug-info"] {
         assert!(matches!(
             err(&format!("s3://bkt?{p}=1")),
             TargetUrlError::UnknownParam { .. }
@@ -172,7 +172,7 @@ fn s3_parameter_errors_are_precise() {
         "{msg}"
     );
     assert!(msg.contains("5242880") && msg.contains("5 MiB"), "{msg}");
-    for bad in ["5368709121", "8M", "-1"] {
+    for bad in ["5368709121", "8MB", "1.5M", "-1", "6G"] {
         assert!(matches!(
             err(&format!("s3://bkt?multipart-chunk-size={bad}")),
             TargetUrlError::BadValue { .. }
@@ -256,4 +256,81 @@ fn part_sizes_keep_any_nar_within_10000_parts() {
     let small = ok("s3://bkt?multipart-chunk-size=5242880");
     assert_eq!(small.part_size(12 * MIB), 5 * MIB);
     assert_eq!(c.part_size(u64::MAX), MAX_PART);
+}
+
+/// Nix 2.35's S3 parameters, and URLs from its documentation.
+#[test]
+fn s3_parameters_of_nix_2_35() {
+    // From Nix 2.35's s3-binary-cache-store.md and copy.md.
+    for url in [
+        "s3://example-nix-cache?profile=cache-upload&region=eu-west-2",
+        "s3://example-nix-cache?profile=cache-upload&scheme=https&endpoint=minio.example.com",
+        "s3://my-bucket?region=eu-west-1&endpoint=example.com",
+    ] {
+        ok(url);
+    }
+    let c = ok(
+        "s3://bkt?endpoint=http://127.0.0.1:9000&addressing-style=path\
+                &storage-class=REDUCED_REDUNDANCY&multipart-threshold=64M&buffer-size=16M",
+    );
+    assert_eq!(c.addressing, Addressing::Path);
+    assert_eq!(c.storage_class.as_deref(), Some("REDUCED_REDUNDANCY"));
+    assert_eq!(c.multipart_threshold, Some(64 << 20));
+    assert_eq!(
+        c.multipart_chunk_size,
+        Some(16 << 20),
+        "buffer-size is an alias"
+    );
+    let canon = c.to_string();
+    assert_eq!(
+        canon,
+        "s3://bkt?endpoint=127.0.0.1:9000&scheme=http&multipart-chunk-size=16777216\
+         &addressing-style=path&storage-class=REDUCED_REDUNDANCY&multipart-threshold=67108864"
+    );
+    assert_eq!(ok(&canon), c, "the canonical form parses back");
+    assert_eq!(c.id(), ok("s3://bkt?endpoint=http://127.0.0.1:9000").id());
+    assert_eq!(ok("s3://bkt?addressing-style=auto").to_string(), "s3://bkt");
+    assert_eq!(
+        ok("s3://a.b?addressing-style=path").addressing,
+        Addressing::Path
+    );
+
+    // Both names of one setting.
+    assert!(matches!(
+        err("s3://bkt?buffer-size=8M&multipart-chunk-size=8M"),
+        TargetUrlError::DuplicateParam { .. }
+    ));
+    let e = err("s3://my.bucket?addressing-style=virtual");
+    assert!(e.to_string().contains("addressing-style=path"), "{e}");
+    for (p, v, says) in [
+        ("addressing-style", "vhost", "auto, path or virtual"),
+        ("storage-class", "GLACIER", "restore"),
+        ("storage-class", "DEEP_ARCHIVE", "restore"),
+        ("storage-class", "standard", "STANDARD_IA"),
+        ("storage-class", "", "STANDARD_IA"),
+        ("multipart-threshold", "129M", "128 MiB"),
+        ("multipart-threshold", "lots", "128 MiB"),
+    ] {
+        let e = err(&format!("s3://bkt?{p}={v}"));
+        assert!(
+            matches!(&e, TargetUrlError::BadValue { param, .. } if *param == p)
+                && e.to_string().contains(says),
+            "{p}={v}: {e}"
+        );
+    }
+    assert!(matches!(
+        err("s3://bkt?multipart-upload=false&multipart-threshold=1M"),
+        TargetUrlError::ChunkSizeWithoutMultipart { .. }
+    ));
+    // S3's, not HTTP's or file's.
+    for p in [
+        "addressing-style=path",
+        "storage-class=STANDARD",
+        "multipart-threshold=1M",
+    ] {
+        assert!(matches!(
+            err(&format!("https://cache.example/nix?{p}")),
+            TargetUrlError::S3Param { .. }
+        ));
+    }
 }
