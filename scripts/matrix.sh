@@ -48,6 +48,12 @@ exactly_one() {
 log "end-to-end and nix-db tests on ${suites[*]}"
 modern -f '^nix-outbox::integration$' "${suites[@]}" -- e2e:: nix_db:: --test-threads=1
 
+# The protocol client against each version's daemon and `nix-daemon
+# --stdio`: the negotiated version and features, and realisations read
+# the way each version keys them.
+log "store protocol tests on ${suites[*]}"
+TEST_PACKAGES=nix-outbox-store scripts/test-modern-nix.sh -f '^nix-outbox-store::integration$' "${suites[@]}" -- --test-threads=1
+
 log "upload phase: host"
 exactly_one cargo test -p nix-outbox --test integration --locked -- --ignored --exact matrix::matrix_upload
 log "upload phase: ${suites[*]}"

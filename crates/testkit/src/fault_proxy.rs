@@ -18,6 +18,7 @@
 
 mod fill_in;
 mod plumbing;
+mod watch;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +36,7 @@ use tokio::task::{JoinHandle, JoinSet};
 pub use fill_in::FillIn;
 use fill_in::fill_in;
 use plumbing::{Pace, ResettableStream, pump};
+pub use watch::Seen;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -186,6 +188,8 @@ struct Shared {
     fill_in: Mutex<Option<FillIn>>,
     /// The round-trip time added (see [`FaultProxy::set_latency`]).
     latency: Mutex<Duration>,
+    /// The header recorded for every request (see [`FaultProxy::watch_header`]).
+    watch: Mutex<watch::Watch>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,6 +238,7 @@ impl FaultProxy {
             conns: Mutex::new(JoinSet::new()),
             fill_in: Mutex::new(None),
             latency: Mutex::new(Duration::ZERO),
+            watch: Mutex::new(watch::Watch::default()),
         });
         let (listener, addr) = rt
             .block_on(listen((Ipv4Addr::LOCALHOST, 0).into()))
@@ -311,6 +316,17 @@ impl FaultProxy {
     pub fn set_latency(&self, rtt: Duration) {
         self.shared.note(format!("latency: {rtt:?}"));
         *lock(&self.shared.latency) = rtt;
+    }
+
+    /// From now on, records header `name` of every request (and forgets
+    /// what was recorded before): [`FaultProxy::seen`].
+    pub fn watch_header(&self, name: &str) {
+        lock(&self.shared.watch).set(name);
+    }
+
+    /// The requests since [`FaultProxy::watch_header`], in arrival order.
+    pub fn seen(&self) -> Vec<Seen> {
+        lock(&self.shared.watch).seen()
     }
 
     pub fn counts(&self) -> Counts {
@@ -402,6 +418,7 @@ async fn handle(
         c.in_flight += 1;
         c.max_in_flight = c.max_in_flight.max(c.in_flight);
     });
+    watch::record(&shared.watch, &req);
     let half = *lock(&shared.latency) / 2;
     if !half.is_zero() {
         tokio::time::sleep(half).await;

@@ -21,6 +21,7 @@ mod matrix;
 mod nix_db;
 mod observability;
 mod realisations;
+mod s3_params;
 mod security;
 mod spool;
 mod systemd;

@@ -276,3 +276,82 @@ async fn daemon_dying_mid_nar_is_a_clean_error_and_the_pool_recovers() {
     let mut conn = pool.get().await.unwrap();
     assert!(conn.is_valid_path(&sd(), &sp(&big)).await.unwrap());
 }
+
+/// The protocol each Nix speaks with us, and realisations read the way
+/// that Nix keys them (docs/design.md, "The daemon protocol"): 1.34 for
+/// Nix 2.8–2.14, 1.35 to 2.19, 1.37 to 2.23, 1.38 from 2.24 (with a
+/// feature exchange), and from 2.35 the `realisation-with-path-not-hash`
+/// feature, without which Nix 2.35 cannot answer QueryRealisation.
+#[tokio::test(flavor = "multi_thread")]
+async fn negotiation_and_realisations_follow_the_daemons_version() {
+    let daemon = tk::PrivateDaemon::start("extra-experimental-features = ca-derivations");
+    let version = tk::stdout_string(&tk::run(tk::nix().arg("--version")));
+    let minor: u64 = version
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.split('.').nth(1))
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {version:?}"));
+    let want = match minor {
+        ..=14 => 34,
+        15..=19 => 35,
+        20..=23 => 37,
+        _ => 38,
+    };
+    let by_path = minor >= 35;
+    for (how, pool) in pools(&daemon) {
+        let conn = pool.get().await.unwrap();
+        assert_eq!(conn.protocol_minor(), want, "{how}, {version}");
+        assert_eq!(
+            conn.keys_realisations_by_path(),
+            by_path,
+            "{how}, {version}"
+        );
+    }
+
+    // A floating content-addressed derivation, built through the daemon.
+    let expr = format!(
+        r#"derivation {{ name = "st-ca-{}"; system = builtins.currentSystem;
+            builder = "/bin/sh"; args = [ "-c" "echo ca > $out" ];
+            __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }}"#,
+        tk::nonce()
+    );
+    let remote = format!("unix://{}", daemon.socket.display());
+    let built = tk::run(
+        tk::nix_build_cmd(&expr)
+            .args(["--extra-experimental-features", "ca-derivations"])
+            .env("NIX_REMOTE", &remote),
+    );
+    let out = sp(tk::stdout_string(&built).trim());
+    let drv = tk::run(
+        std::process::Command::new("nix-instantiate")
+            .args([
+                "--extra-experimental-features",
+                "ca-derivations",
+                "--expr",
+                &expr,
+            ])
+            .env("NIX_REMOTE", &remote),
+    );
+    let drv = sp(tk::stdout_string(&drv).trim());
+    let pool = StorePool::new(StoreAddress::Socket(daemon.socket.clone()), sd(), 1);
+    // Hashing reads the .drv through the pool: before taking its one
+    // connection for the queries.
+    let ids = nix_outbox_store::ca_realisation_ids(&pool, &drv)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let mut conn = pool.get().await.unwrap();
+    if by_path {
+        let trace = conn.query_build_trace(&sd(), &drv, "out").await.unwrap();
+        assert_eq!(trace.map(|t| t.out_path), Some(out.clone()), "{version}");
+        let none = conn.query_build_trace(&sd(), &drv, "dev").await.unwrap();
+        assert_eq!(none, None, "an output the derivation lacks");
+    } else {
+        let json = conn.query_realisation(&ids[0].1).await.unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["outPath"], out.as_str(), "{json}");
+    }
+    // The stream is still in step: the next request is answered.
+    assert!(conn.is_valid_path(&sd(), &out).await.unwrap());
+}
