@@ -67,7 +67,7 @@ fn matrix_upload() {
     for cache in &caches {
         for p in tk::closure(&outs)
             .into_iter()
-            .chain(tk::closure(&[ca_out.clone()]))
+            .chain(tk::closure(std::slice::from_ref(&ca_out)))
         {
             assert!(has_narinfo(cache, &p), "{p} not in {}", cache.display());
         }
