@@ -27,6 +27,8 @@
 #                   configuration), so start-up work is not measured
 #   OUTBOX_PREFIX=  a command prefix for `nix-outbox daemon` (say,
 #                   "nice -n 10"), for experiments; empty in recorded runs
+#   PREBUILT=1      use the release binaries in target/ as they are (for
+#                   bench/in-chroot.sh, which builds them on the host)
 #   MAX_LOAD=1.5 LOAD_WAIT=1200
 #                   before measuring, wait (polling every 60 s, at most
 #                   LOAD_WAIT s) for the 1-minute load to fall to MAX_LOAD
@@ -738,10 +740,19 @@ report() {
 
 [ "$(id -u)" = 0 ] || die "run as root (the builds' store paths are deleted afterwards; file:// down mounts a tmpfs)"
 command -v nix-build >/dev/null || die "Nix is missing: apt-get install nix-bin"
-note "building the release binaries and the fault proxy"
-(cd "$BENCH_ROOT" && cargo build --release -q -p nix-outbox -p nix-outbox-hook --bins >&2 &&
-  cargo build --release -q -p nix-outbox-testkit --example fault_proxy >&2)
-bash "$BENCH_ROOT/scripts/nginx-webdav.sh" install >/dev/null
+# PREBUILT=1: the binaries were built outside (bench/in-chroot.sh runs this
+# script in a chroot that has no Rust toolchain).
+if [ -z "${PREBUILT:-}" ]; then
+  note "building the release binaries and the fault proxy"
+  (cd "$BENCH_ROOT" && cargo build --release -q -p nix-outbox -p nix-outbox-hook --bins >&2 &&
+    cargo build --release -q -p nix-outbox-testkit --example fault_proxy >&2)
+fi
+for b in "$OUTBOX" "$HOOK_BIN" "$PROXY_BIN"; do
+  [ -x "$b" ] || die "$b is missing (build it, or run without PREBUILT)"
+done
+if [[ $CONFIGS == *http* ]]; then
+  bash "$BENCH_ROOT/scripts/nginx-webdav.sh" install >/dev/null
+fi
 SK=$WORK/bench-build-loop-1.sk
 PK=$WORK/bench-build-loop-1.pk
 local_store nix-store --generate-binary-cache-key bench-build-loop-1 "$SK" "$PK"
