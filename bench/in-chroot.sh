@@ -22,8 +22,13 @@ echo "in-chroot: building the release binaries and the fault proxy" >&2
 cargo build --release -q -p nix-outbox -p nix-outbox-hook --bins
 cargo build --release -q -p nix-outbox-testkit --example fault_proxy
 
-scripts/nix-chroot.sh create "$suite"
 dir=$(scripts/nix-chroot.sh path "$suite")
+mkdir -p "$(dirname "$dir")"
+# One user of a chroot at a time (the test scripts take the same lock):
+# the cleanup below unmounts everything under it.
+exec {lockfd}>"$dir.lock"
+flock -w 1800 "$lockfd" || { echo "in-chroot: $dir is busy (lock $dir.lock)" >&2; exit 1; }
+scripts/nix-chroot.sh create "$suite"
 shared=$(mktemp -d /tmp/nix-outbox-bench-chroot.XXXXXX)
 chmod 1777 "$shared"
 cleanup() {

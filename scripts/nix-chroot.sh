@@ -173,11 +173,9 @@ setup_nix() {
   # The store as Nix's installer leaves it. Nix 2.35's client fails with
   # "opening file /nix/store" on a store nothing has created yet (seen on
   # the first test of a new chroot); older versions create it on demand.
-  if [ ! -d "$dir/nix/store" ]; then
-    mkdir -p "$dir/nix/store" "$dir/nix/var/nix"
-    in_chroot "$dir" chgrp nixbld /nix/store
-    chmod 1775 "$dir/nix/store"
-  fi
+  mkdir -p "$dir/nix/store" "$dir/nix/var/nix"
+  in_chroot "$dir" chgrp nixbld /nix/store
+  chmod 1775 "$dir/nix/store"
   mkdir -p "$dir/etc/nix"
   # sandbox = false: Nix's build sandbox needs namespaces that a chroot on a
   # container host usually cannot create; tests do not depend on it.

@@ -49,7 +49,10 @@ in_chroot() { chroot "$1" /usr/bin/env -i PATH="$CHROOT_PATH" HOME=/root LC_ALL=
 find_tarball() {
   local here cand
   here=$(cd "$(dirname "$0")/.." && pwd)
-  for cand in ${NIX_OUTBOX_NIX_SOURCE:-} "$here/../shared/vendor/nix-$VERSION.tar.xz" \
+  if [ -n "${NIX_OUTBOX_NIX_SOURCE:-}" ] && [ ! -f "$NIX_OUTBOX_NIX_SOURCE" ]; then
+    die "NIX_OUTBOX_NIX_SOURCE names $NIX_OUTBOX_NIX_SOURCE, which is not a file"
+  fi
+  for cand in "${NIX_OUTBOX_NIX_SOURCE:-}" "$here/../shared/vendor/nix-$VERSION.tar.xz" \
     "/work/shared/vendor/nix-$VERSION.tar.xz"; do
     [ -f "$cand" ] || continue
     local got
@@ -62,13 +65,18 @@ find_tarball() {
 }
 
 # Lends the chroot /proc and /dev for the duration of a step, unless they
-# are mounted already; returns what it mounted, to be given to unlend.
+# are mounted already; prints what it mounted, to be given to unlend. Runs
+# in a command substitution, where `set -e` is off: every mount is checked.
 lend() {
   local dir=$1 lent=''
-  if ! mountpoint -q "$dir/proc"; then mount -t proc proc "$dir/proc"; lent+=" proc"; fi
+  if ! mountpoint -q "$dir/proc"; then
+    mount -t proc proc "$dir/proc" || return 1
+    lent+=" proc"
+  fi
   if ! mountpoint -q "$dir/dev"; then
-    mount --rbind /dev "$dir/dev" && mount --make-rslave "$dir/dev"
+    mount --rbind /dev "$dir/dev" || { unlend "$dir" "$lent"; return 1; }
     lent+=" dev"
+    mount --make-rslave "$dir/dev" || { unlend "$dir" "$lent"; return 1; }
   fi
   printf '%s\n' "$lent"
 }
@@ -120,7 +128,10 @@ build() {
   mkdir -p "$(dirname "$CACHE")"
   local tmp
   tmp=$(mktemp "$CACHE.XXXXXX")
-  tar -C "$dir$(dirname "$PREFIX")" -cf "$tmp" "$(basename "$PREFIX")"
+  if ! tar -C "$dir$(dirname "$PREFIX")" -cf "$tmp" "$(basename "$PREFIX")"; then
+    rm -f -- "$tmp"
+    die "could not write $CACHE"
+  fi
   sync -- "$tmp"
   mv -f -- "$tmp" "$CACHE"
   sync -- "$(dirname "$CACHE")"
@@ -147,26 +158,43 @@ link() {
   done
 }
 
+# Whether the Nix installed in DIR runs and is VERSION (its libraries
+# come from the chroot's packages, which a later apt upgrade may change).
+runs() {
+  local v
+  v=$(in_chroot "$1" nix --version 2>/dev/null) && [ "${v##* }" = "$VERSION" ]
+}
+
 cmd_install() {
   [ $# -eq 1 ] || usage
   [ "$(id -u)" = 0 ] || die "must run as root (chroot and mount need it)"
   local dir=$1
   [ -d "$dir/etc" ] || die "$dir is not a chroot"
-  if [ "$(cat "$dir$STAMP" 2>/dev/null)" = "$SHA256" ]; then
-    return 0
-  fi
   local lent
-  lent=$(lend "$dir")
+  lent=$(lend "$dir") || die "cannot mount /proc and /dev in $dir"
   # shellcheck disable=SC2064 # expand now: the trap must unmount what was lent here
   trap "unlend '$dir' '$lent'" EXIT
+  if [ "$(cat "$dir$STAMP" 2>/dev/null)" = "$SHA256" ] && runs "$dir"; then
+    return 0
+  fi
   install_deps "$dir"
-  if [ -f "$CACHE" ]; then restore "$dir"; else build "$dir"; fi
+  if [ -f "$CACHE" ]; then
+    restore "$dir"
+    link "$dir"
+    # A tree built against libraries sid has since replaced (a soname
+    # bump) does not run: build again, and replace the cache.
+    if ! runs "$dir"; then
+      note "the cached Nix $VERSION does not run in $dir (its libraries changed?); building it again"
+      rm -f -- "$CACHE"
+      build "$dir"
+    fi
+  else
+    build "$dir"
+  fi
   link "$dir"
-  local v
-  v=$(in_chroot "$dir" nix --version) || die "the installed Nix does not run in $dir"
-  [ "${v##* }" = "$VERSION" ] || die "expected Nix $VERSION in $dir, got: $v"
+  runs "$dir" || die "Nix $VERSION does not run in $dir: $(in_chroot "$dir" nix --version 2>&1 | tail -3)"
   printf '%s\n' "$SHA256" >"$dir$STAMP"
-  note "$dir: $v"
+  note "$dir: $(in_chroot "$dir" nix --version)"
 }
 
 [ $# -ge 1 ] || usage

@@ -241,6 +241,29 @@ impl io::Write for CappedSink {
     }
 }
 
+/// Whether `d` has an output whose path is known only once built
+/// (floating content-addressed).
+fn is_floating(d: &Derivation) -> bool {
+    d.outputs
+        .iter()
+        .any(|o| o.path.is_none() && !o.hash_algo.is_empty() && o.hash.is_empty())
+}
+
+/// The names of `drv`'s floating content-addressed outputs, read from the
+/// `.drv` alone (what Nix 2.35's build traces are keyed by, with the
+/// `.drv`'s path); empty for any other derivation.
+pub async fn ca_floating_outputs(
+    pool: &StorePool,
+    drv: &StorePath,
+) -> Result<Vec<String>, StoreError> {
+    let d = read_derivation(pool, drv).await?;
+    Ok(d.outputs
+        .iter()
+        .filter(|o| o.path.is_none() && !o.hash_algo.is_empty() && o.hash.is_empty())
+        .map(|o| o.name.clone())
+        .collect())
+}
+
 /// The realisation ids (`(output, id)`) of `drv`'s floating
 /// content-addressed outputs, the only ones a cache needs `.doi` files
 /// for; empty for any other derivation. Reads `drv` and every input
@@ -251,12 +274,7 @@ pub async fn ca_realisation_ids(
 ) -> Result<Vec<(String, String)>, StoreError> {
     let sd = pool.store_dir();
     let top = read_derivation(pool, drv).await?;
-    let floating = |d: &Derivation| {
-        d.outputs
-            .iter()
-            .any(|o| o.path.is_none() && !o.hash_algo.is_empty() && o.hash.is_empty())
-    };
-    if !floating(&top) {
+    if !is_floating(&top) {
         return Ok(Vec::new());
     }
     // Load the input graph first (async), then hash it (pure, sync).

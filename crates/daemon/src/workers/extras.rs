@@ -83,21 +83,17 @@ pub async fn realisations(
     };
     let drv = svc.store_dir.parse_path(&drv).ok()?;
     let shown = svc.store_dir.display(&drv);
-    let ids = match nix_outbox_store::ca_realisation_ids(&svc.pool, &drv).await {
-        Ok(ids) => ids,
-        // Gone (collected) or not something we can hash: nothing to retry.
-        Err(e @ (StoreError::NotValid { .. } | StoreError::Derivation { .. })) => {
-            tracing::warn!("not uploading realisations of {shown}: {e}");
-            return None;
-        }
-        Err(e) => return retry(format!("hashing {shown}"), &e, true),
-    };
-    if ids.is_empty() {
-        return None;
-    }
     let by_path = match svc.pool.get().await {
         Ok(conn) => conn.keys_realisations_by_path(),
         Err(e) => return retry("connecting to the store".into(), &e, true),
+    };
+    // Gone (collected) or not something we can parse or hash: nothing a
+    // retry would change.
+    let lasting = |e: &StoreError| {
+        matches!(
+            e,
+            StoreError::NotValid { .. } | StoreError::Derivation { .. }
+        )
     };
     let ctx = Ctx {
         d,
@@ -107,8 +103,39 @@ pub async fn realisations(
         root,
     };
     if by_path {
-        ctx.publish_via_build_traces(&ids).await
+        // Nix 2.35: the build trace needs only the `.drv` itself. The old
+        // layout's ids need its whole input graph hashed; if that cannot
+        // be done, the trace still goes up.
+        let outputs = match nix_outbox_store::ca_floating_outputs(&svc.pool, &drv).await {
+            Ok(o) if o.is_empty() => return None,
+            Ok(o) => o,
+            Err(e) if lasting(&e) => {
+                tracing::warn!("not uploading realisations of {shown}: {e}");
+                return None;
+            }
+            Err(e) => return retry(format!("reading {shown}"), &e, true),
+        };
+        let ids = match nix_outbox_store::ca_realisation_ids(&svc.pool, &drv).await {
+            Ok(ids) => ids,
+            Err(e) if lasting(&e) => {
+                tracing::warn!(
+                    "uploading only the Nix 2.35 build trace of {shown}, not the realisation \
+                     older Nix reads: {e}"
+                );
+                Vec::new()
+            }
+            Err(e) => return retry(format!("hashing {shown}"), &e, true),
+        };
+        ctx.publish_via_build_traces(&outputs, &ids).await
     } else {
+        let ids = match nix_outbox_store::ca_realisation_ids(&svc.pool, &drv).await {
+            Ok(ids) => ids,
+            Err(e) if lasting(&e) => {
+                tracing::warn!("not uploading realisations of {shown}: {e}");
+                return None;
+            }
+            Err(e) => return retry(format!("hashing {shown}"), &e, true),
+        };
         ctx.publish_via_hashes(ids).await
     }
 }
@@ -188,10 +215,11 @@ impl Ctx<'_> {
     /// (with no dependencies: Nix 2.35 records none) signed by us.
     async fn publish_via_build_traces(
         &self,
+        outputs: &[String],
         ids: &[(String, String)],
     ) -> Option<(String, Failure)> {
         let svc = &self.d.svc;
-        for (output, id) in ids {
+        for output in outputs {
             let trace = match svc.pool.get().await {
                 Ok(mut conn) => {
                     conn.query_build_trace(&svc.store_dir, self.drv, output)
@@ -209,6 +237,9 @@ impl Ctx<'_> {
             if let Some(r) = self.publish_trace(output, &trace.signatures).await {
                 return Some(r);
             }
+            let Some((_, id)) = ids.iter().find(|(o, _)| o == output) else {
+                continue;
+            };
             let json = format!(
                 r#"{{"dependentRealisations":{{}},"id":"{id}","outPath":"{}","signatures":[]}}"#,
                 self.root.as_str()

@@ -15,8 +15,9 @@
 //! A NAR no larger than `multipart-threshold` (by default one part) is
 //! sent with a single `PUT` instead: the task holds the parts until the
 //! NAR ends or passes the threshold, so a threshold above one part costs
-//! up to that much memory per NAR (at most 128 MiB, which is what the
-//! scheduler charges a large NAR). Nothing
+//! up to that much memory per NAR (at most 96 MiB, so that with the parts
+//! in flight a NAR stays within the 130 MiB the scheduler charges a large
+//! one). Nothing
 //! is visible until [`finish`](NarWriter::finish) completes the upload;
 //! abandoning the writer (abort, drop, or any error) aborts the multipart
 //! upload so no orphaned parts are left to pay for. Uploads we cannot
@@ -251,7 +252,9 @@ async fn upload(
     let mut held_len = 0;
     // The part that ends the NAR, when it came before the upload started.
     let mut last = None;
-    while held_len <= threshold {
+    // A `Part` comes only when more data follows: once the held parts reach
+    // the threshold, the NAR is known to be larger.
+    while held_len < threshold {
         match rx.recv().await {
             Some(Msg::Part(p)) => {
                 held_len += p.len();

@@ -54,7 +54,8 @@ impl BuildTraceEntry {
         Ok(entry)
     }
 
-    /// `<drv>!<output>`, for messages.
+    /// `<drv>^<output>` (Nix's own spelling of a derivation output), for
+    /// messages.
     pub fn label(&self) -> String {
         format!("{}^{}", self.drv.as_str(), self.output)
     }

@@ -15,6 +15,7 @@
 //! filesystem underneath the mount point.
 
 mod group_sync;
+mod sweep;
 mod writeback;
 
 use std::fs::{self, File, OpenOptions};
@@ -333,61 +334,6 @@ fn write_temp(path: &Path, data: &[u8]) -> io::Result<PathBuf> {
 }
 
 /// Checks the root, creates `nar/`, and writes or checks `nix-cache-info`.
-/// A temporary file nobody wrote to for this long belongs to an upload
-/// that died (a live upload writes continuously).
-const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Deletes temporary files left by uploads that were killed: `nar/.tmp-*`
-/// (NARs) and `.<name>.tmp.*` (narinfos, listings, `log/` build logs), untouched for
-/// [`STALE_TEMP_AGE`]. They are invisible to Nix, but a crash loop would
-/// fill the disk with them. Best effort: a failure is logged, not fatal.
-fn sweep_stale_temps(root: &Path) {
-    let now = std::time::SystemTime::now();
-    for (dir, is_temp) in [
-        (
-            root.join("nar"),
-            (|n: &str| n.starts_with(".tmp-")) as fn(&str) -> bool,
-        ),
-        (root.to_owned(), |n: &str| {
-            n.starts_with('.') && n.contains(".tmp.")
-        }),
-        // Build logs, written like narinfos.
-        (root.join("log"), |n: &str| {
-            n.starts_with('.') && n.contains(".tmp.")
-        }),
-        // Realisations, likewise.
-        (root.join("realisations"), |n: &str| {
-            n.starts_with('.') && n.contains(".tmp.")
-        }),
-    ] {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if !name.to_str().is_some_and(is_temp) {
-                continue;
-            }
-            let stale = entry
-                .metadata()
-                .ok()
-                .filter(|m| m.is_file())
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age >= STALE_TEMP_AGE);
-            if stale {
-                match fs::remove_file(entry.path()) {
-                    Ok(()) => tracing::info!(
-                        "removed {}, left by an upload that was interrupted",
-                        entry.path().display()
-                    ),
-                    Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
-                }
-            }
-        }
-    }
-}
-
 fn prepare(root: &Path, id: &str, store_dir: &str) -> Result<(), UploadError> {
     let meta = fs::metadata(root).map_err(|e| io_err(id, "use cache directory", root, e))?;
     if !meta.is_dir() {
@@ -399,7 +345,7 @@ fn prepare(root: &Path, id: &str, store_dir: &str) -> Result<(), UploadError> {
         ));
     }
     make_nar_dir(root, id)?;
-    sweep_stale_temps(root);
+    sweep::sweep_stale_temps(root);
     let info = root.join(CACHE_INFO);
     let text = match fs::read_to_string(&info) {
         Ok(text) => text,

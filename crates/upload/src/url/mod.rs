@@ -25,8 +25,9 @@
 //! - `multipart-threshold` defaults to one part (Nix 2.35: 100 MiB): a NAR
 //!   goes up in parts once it is larger than that. The writer holds a NAR
 //!   up to the threshold in memory before it knows which way it goes, so
-//!   the threshold is at most 128 MiB, what a NAR upload is charged
-//!   against the memory budget.
+//!   the threshold is at most 96 MiB: with the parts in flight, what one
+//!   NAR upload holds then stays within the 130 MiB a large NAR is
+//!   charged against the memory budget (`closure_upload::schedule`).
 //! - `storage-class` refuses `GLACIER` and `DEEP_ARCHIVE`: their objects
 //!   cannot be read without a restore, so no Nix could substitute.
 //! - Parameters Nix would ignore (or that mean something only for another
@@ -66,7 +67,7 @@ pub(crate) const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
 /// Our default part size: S3's minimum would need more requests for no gain.
 pub(crate) const DEFAULT_PART: u64 = 8 * 1024 * 1024;
 /// The largest `multipart-threshold`: a NAR is held in memory up to it.
-pub const MAX_MULTIPART_THRESHOLD: u64 = 128 * 1024 * 1024;
+pub const MAX_MULTIPART_THRESHOLD: u64 = 96 * 1024 * 1024;
 
 /// A parsed target URL: where to upload and how to encode what is uploaded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -354,7 +355,7 @@ fn parse(url: &str) -> Result<TargetConfig, TargetUrlError> {
                     .ok_or_else(|| {
                         bad(
                             "multipart-threshold",
-                            "a size in bytes up to 134217728 (128 MiB: a NAR is held in memory up to \
+                            "a size in bytes up to 100663296 (96 MiB: a NAR is held in memory up to \
                              it), e.g. 64M",
                         )
                     })?;

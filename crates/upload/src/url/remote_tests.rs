@@ -308,8 +308,8 @@ fn s3_parameters_of_nix_2_35() {
         ("storage-class", "DEEP_ARCHIVE", "restore"),
         ("storage-class", "standard", "STANDARD_IA"),
         ("storage-class", "", "STANDARD_IA"),
-        ("multipart-threshold", "129M", "128 MiB"),
-        ("multipart-threshold", "lots", "128 MiB"),
+        ("multipart-threshold", "97M", "96 MiB"),
+        ("multipart-threshold", "lots", "96 MiB"),
     ] {
         let e = err(&format!("s3://bkt?{p}={v}"));
         assert!(

@@ -16,11 +16,14 @@ async fn stale_temporaries_are_removed_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir(root.join("nar")).unwrap();
+    let trace_dir = "build-trace-v2/0123456789abcdfghijklmnpqrsvwxyz-x.drv";
+    std::fs::create_dir_all(root.join(trace_dir)).unwrap();
     let two_hours = Duration::from_secs(7200);
     let minute = Duration::from_secs(60);
     let stale = [
         "nar/.tmp-123-0",
         ".0123456789abcdfghijklmnpqrsvwxyz.narinfo.tmp.123.4",
+        "build-trace-v2/0123456789abcdfghijklmnpqrsvwxyz-x.drv/.out.doi.tmp.123.5",
     ];
     let kept = [
         // Written to a minute ago: an upload may still be running.
@@ -28,6 +31,7 @@ async fn stale_temporaries_are_removed_at_start() {
         // Real objects, however old.
         "nar/0123456789abcdfghijklmnpqrsvwxyz0123456789abcdfghi.nar.zst",
         "0123456789abcdfghijklmnpqrsvwxyz.narinfo",
+        "build-trace-v2/0123456789abcdfghijklmnpqrsvwxyz-x.drv/out.doi",
         // Someone else's hidden file.
         ".keep",
     ];
