@@ -88,17 +88,7 @@ fn violations(dir: &Path) -> Vec<String> {
 fn a_wide_closure_goes_up_concurrently_within_its_limit_and_consistent_at_every_instant() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (sk, pk) = tk::nix_generate_key(d, "concurrent-1");
-    let config = d.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state-dir = {:?}\nsecret-key-files = [{:?}]\n",
-            d.join("state"),
-            sk
-        ),
-    )
-    .unwrap();
+    let (config, pk) = crate::support::key_and_config(d, "concurrent-1");
     let server = WebDavServer::start();
     let upstream = server.url("");
     let proxy = FaultProxy::start(upstream.trim_start_matches("http://").trim_end_matches('/'));

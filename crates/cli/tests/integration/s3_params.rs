@@ -49,17 +49,7 @@ fn a_nix_2_35_url_with_storage_class_and_multipart_threshold() {
     let s3 = tk::s3::S3Server::start(BUCKET);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (sk, pk) = tk::nix_generate_key(d, "s3-params-1");
-    let config = d.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state-dir = {:?}\nsecret-key-files = [{:?}]\n",
-            d.join("state"),
-            sk
-        ),
-    )
-    .unwrap();
+    let (config, pk) = crate::support::key_and_config(d, "s3-params-1");
     // A named profile, as in the documentation's example.
     let creds = d.join("credentials");
     std::fs::write(

@@ -40,17 +40,7 @@ impl Fixture {
     fn new(tag: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let (sk, pk) = tk::nix_generate_key(d, "verify-test-1");
-        let config = d.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state-dir = {:?}\nsecret-key-files = [{:?}]\n",
-                d.join("state"),
-                sk
-            ),
-        )
-        .unwrap();
+        let (config, pk) = crate::support::key_and_config(d, "verify-test-1");
         let n = tk::nonce();
         let dep = tk::sh_derivation(
             &format!("verify-{tag}-dep-{n}"),

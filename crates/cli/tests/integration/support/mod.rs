@@ -351,6 +351,25 @@ pub fn graph_expr(tag: &str, groups: usize, big_mib: usize) -> String {
 }
 
 /// Builds through the private daemon; the hook runs after each build.
+/// A signing key made by Nix (`<dir>/<key_name>.sk`/`.pk`) and a config
+/// naming it, with its state in `<dir>/state` and no target (commands
+/// that take `--to` need none). Returns the config's path and the public
+/// key file's.
+pub fn key_and_config(dir: &Path, key_name: &str) -> (PathBuf, PathBuf) {
+    let (sk, pk) = tk::nix_generate_key(dir, key_name);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state-dir = {:?}\nsecret-key-files = [{:?}]\n",
+            dir.join("state"),
+            sk
+        ),
+    )
+    .unwrap();
+    (config, pk)
+}
+
 pub fn build_via(daemon: &tk::PrivateDaemon, expr: &str) -> Vec<String> {
     let out = tk::nix_build_cmd(expr)
         .env("NIX_REMOTE", format!("unix://{}", daemon.socket.display()))
