@@ -56,6 +56,8 @@
 #   outbox-nixdb     nix-outbox with no hook: its daemon follows Nix's
 #                    database (ingest = ["nix-db"])
 #   outbox-both      the hook and the database (ingest = ["hook", "nix-db"])
+#   outbox-nixdb-tmpfs
+#                    outbox-nixdb with its queue on /dev/shm (a diagnostic)
 #   outbox-tmpfs     the same with its state dir (queue) on /dev/shm: what
 #                    the fsyncs of the queue cost (a diagnostic; no goal)
 # Targets (the same URL for the manual hook and nix-outbox, zstd):
@@ -442,10 +444,14 @@ run_one() {
       write_outbox_config "$d/outbox" "$url" "$ob_state"
       start_nixd "$d" "$HOOK_BIN" "NIX_OUTBOX_CONFIG=$d/outbox/config.toml"
       ;;
-    outbox-nixdb | outbox-both)
+    outbox-nixdb | outbox-nixdb-tmpfs | outbox-both)
       # nix-db: no hook at all; both: the hook and the database.
       ob_state=$d/outbox
-      if [ "$setup" = outbox-nixdb ]; then
+      if [ "$setup" = outbox-nixdb-tmpfs ]; then
+        ob_state=$(mktemp -d /dev/shm/nix-outbox-bench-bl.XXXXXX)
+        SHM_DIRS+=("$ob_state")
+      fi
+      if [ "$setup" != outbox-both ]; then
         write_outbox_config "$d/outbox" "$url" "$ob_state" '"nix-db"'
         start_nixd "$d" ""
       else
@@ -490,7 +496,7 @@ run_one() {
     # The stopped daemon comes back, and finds the spool.
     [ "$setup" != outbox-spool ] || start_outbox "$d/outbox" "$ob_state"
     [ "$setup" != outbox-hung ] || kill -CONT "$OUTBOX_PID"
-    case $setup in outbox-nixdb | outbox-both) nixdb_caught_up "$d/outbox/config.toml" ;; esac
+    case $setup in outbox-nixdb | outbox-nixdb-tmpfs | outbox-both) nixdb_caught_up "$d/outbox/config.toml" ;; esac
     if "$OUTBOX" wait --config "$d/outbox/config.toml" --timeout "$RECOVERY_TIMEOUT" >"$d/wait.log" 2>&1; then
       t1=$(now_ms)
       drain=$(secs $((t1 - t0)))
@@ -515,7 +521,7 @@ run_one() {
     MOUNTS=()
   fi
   delete_run_paths "$d/delete.log" "$nonce"
-  if [ "$setup" = outbox-tmpfs ]; then
+  if [ "$setup" = outbox-tmpfs ] || [ "$setup" = outbox-nixdb-tmpfs ]; then
     rm -rf "$ob_state"
     SHM_DIRS=()
   fi
@@ -565,6 +571,7 @@ label_setup() {
     outbox) echo "**nix-outbox**" ;;
     outbox-tmpfs) echo "nix-outbox, queue on tmpfs (diagnostic)" ;;
     outbox-nixdb) echo "nix-outbox, no hook: ingest = [\"nix-db\"]" ;;
+    outbox-nixdb-tmpfs) echo "nix-outbox, nix-db, queue on tmpfs (diagnostic)" ;;
     outbox-both) echo "nix-outbox, hook and nix-db" ;;
     outbox-spool) echo "nix-outbox, its daemon stopped (hooks spool)" ;;
     outbox-hung) echo "nix-outbox, its daemon hung (SIGSTOP)" ;;
