@@ -9,6 +9,7 @@
 #   scripts/nix-chroot.sh umount  DIR                   # every mount under DIR, deepest first
 #   scripts/nix-chroot.sh run     DIR CMD [ARG...]      # CMD inside, with a clean environment
 #   scripts/nix-chroot.sh version DIR                   # `nix --version` inside
+#   scripts/nix-chroot.sh install DIR PKG...            # apt-get install what DIR lacks
 #   scripts/nix-chroot.sh path    SUITE                 # prints the default DIR for SUITE
 #
 # DIR may also be given as a bare suite name (no slash), meaning the default
@@ -120,11 +121,14 @@ ensure_debootstrap() {
   }
 }
 
-# Installs whichever of PACKAGES a finished chroot lacks: a chroot made when
-# the list was shorter is brought up to date instead of rebuilt.
+# Installs whichever of PACKAGES (or the packages given after DIR) a
+# finished chroot lacks: a chroot made when the list was shorter is brought
+# up to date instead of rebuilt.
 ensure_packages() {
   local dir=$1 p missing=()
-  for p in "${PACKAGES[@]}"; do
+  shift
+  [ $# -gt 0 ] || set -- "${PACKAGES[@]}"
+  for p in "$@"; do
     # shellcheck disable=SC2016 # ${db:Status-Abbrev} is dpkg-query's
     [ "$(in_chroot "$dir" dpkg-query -W -f '${db:Status-Abbrev}' "$p" 2>/dev/null)" = "ii " ] || missing+=("$p")
   done
@@ -404,6 +408,15 @@ cmd_version() {
   fi
 }
 
+cmd_install() {
+  [ $# -ge 2 ] || usage
+  need_root
+  local dir
+  dir=$(resolve_dir "$1")
+  shift
+  ensure_packages "$dir" "$@"
+}
+
 cmd_path() {
   [ $# -eq 1 ] || usage
   resolve_dir "$1"
@@ -418,7 +431,8 @@ case $sub in
   umount | unmount) cmd_umount "$@" ;;
   run) cmd_run "$@" ;;
   version) cmd_version "$@" ;;
+  install) cmd_install "$@" ;;
   path) cmd_path "$@" ;;
   -h | --help | help) usage ;;
-  *) die "unknown subcommand '$sub' (create, mount, umount, run, version, path)" ;;
+  *) die "unknown subcommand '$sub' (create, mount, umount, run, version, install, path)" ;;
 esac

@@ -85,22 +85,9 @@ unlend() {
   for what in $2; do umount -R "$dir/$what" || umount -R --lazy "$dir/$what"; done
 }
 
+# The build dependencies, through nix-chroot.sh's package installer.
 install_deps() {
-  local dir=$1 p missing=()
-  for p in "${BUILD_DEPS[@]}"; do
-    # shellcheck disable=SC2016 # ${db:Status-Abbrev} is dpkg-query's
-    [ "$(in_chroot "$dir" dpkg-query -W -f '${db:Status-Abbrev}' "$p" 2>/dev/null)" = "ii " ] || missing+=("$p")
-  done
-  [ ${#missing[@]} -gt 0 ] || return 0
-  note "$dir: installing ${#missing[@]} build dependencies of Nix $VERSION"
-  local log=$dir.nix-deps.log rc=0
-  # Check-Valid-Until=false: the reachable mirror's sid Release file is stale.
-  { in_chroot "$dir" apt-get -o Acquire::Check-Valid-Until=false update &&
-    in_chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; } >"$log" 2>&1 || rc=$?
-  if [ "$rc" != 0 ]; then
-    tail -n 20 "$log" >&2
-    die "could not install the build dependencies in $dir (log: $log)"
-  fi
+  "$(dirname "$0")/nix-chroot.sh" install "$1" "${BUILD_DEPS[@]}"
 }
 
 build() {

@@ -27,7 +27,7 @@ pub use outputs::{BuildOutputs, build_outputs, outputs_from_drv_file, outputs_of
 pub use pool::{PooledConnection, StorePool};
 pub use protocol::Connection;
 pub use realisation::{
-    BuildTrace, OP_QUERY_REALISATION, ca_floating_outputs, ca_realisation_ids,
+    BuildTrace, OP_QUERY_REALISATION, ca_realisation_ids, ca_realisation_ids_of, floating_outputs,
     is_valid_drv_output_id, is_valid_output_name, read_derivation,
 };
 pub use signatures::sign_local_paths;

@@ -244,24 +244,18 @@ impl io::Write for CappedSink {
 /// Whether `d` has an output whose path is known only once built
 /// (floating content-addressed).
 fn is_floating(d: &Derivation) -> bool {
-    d.outputs
-        .iter()
-        .any(|o| o.path.is_none() && !o.hash_algo.is_empty() && o.hash.is_empty())
+    !floating_outputs(d).is_empty()
 }
 
-/// The names of `drv`'s floating content-addressed outputs, read from the
-/// `.drv` alone (what Nix 2.35's build traces are keyed by, with the
-/// `.drv`'s path); empty for any other derivation.
-pub async fn ca_floating_outputs(
-    pool: &StorePool,
-    drv: &StorePath,
-) -> Result<Vec<String>, StoreError> {
-    let d = read_derivation(pool, drv).await?;
-    Ok(d.outputs
+/// The names of `d`'s floating content-addressed outputs (what Nix 2.35's
+/// build traces are keyed by, with the `.drv`'s path); empty for any other
+/// derivation.
+pub fn floating_outputs(d: &Derivation) -> Vec<String> {
+    d.outputs
         .iter()
         .filter(|o| o.path.is_none() && !o.hash_algo.is_empty() && o.hash.is_empty())
         .map(|o| o.name.clone())
-        .collect())
+        .collect()
 }
 
 /// The realisation ids (`(output, id)`) of `drv`'s floating
@@ -272,9 +266,18 @@ pub async fn ca_realisation_ids(
     pool: &StorePool,
     drv: &StorePath,
 ) -> Result<Vec<(String, String)>, StoreError> {
-    let sd = pool.store_dir();
     let top = read_derivation(pool, drv).await?;
-    if !is_floating(&top) {
+    ca_realisation_ids_of(pool, drv, &top).await
+}
+
+/// [`ca_realisation_ids`] of `drv` already read as `top`.
+pub async fn ca_realisation_ids_of(
+    pool: &StorePool,
+    drv: &StorePath,
+    top: &Derivation,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let sd = pool.store_dir();
+    if !is_floating(top) {
         return Ok(Vec::new());
     }
     // Load the input graph first (async), then hash it (pure, sync).
@@ -288,7 +291,7 @@ pub async fn ca_realisation_ids(
         todo.extend(d.input_drvs.iter().map(|i| i.path.clone()));
         loaded.insert(p, d);
     }
-    let hashes = hash_modulo::hash_derivation_modulo(&top, &sd.display(drv), sd, true, |p| {
+    let hashes = hash_modulo::hash_derivation_modulo(top, &sd.display(drv), sd, true, |p| {
         loaded
             .get(p)
             .cloned()

@@ -106,16 +106,19 @@ pub async fn realisations(
         // Nix 2.35: the build trace needs only the `.drv` itself. The old
         // layout's ids need its whole input graph hashed; if that cannot
         // be done, the trace still goes up.
-        let outputs = match nix_outbox_store::ca_floating_outputs(&svc.pool, &drv).await {
-            Ok(o) if o.is_empty() => return None,
-            Ok(o) => o,
+        let top = match nix_outbox_store::read_derivation(&svc.pool, &drv).await {
+            Ok(d) => d,
             Err(e) if lasting(&e) => {
                 tracing::warn!("not uploading realisations of {shown}: {e}");
                 return None;
             }
             Err(e) => return retry(format!("reading {shown}"), &e, true),
         };
-        let ids = match nix_outbox_store::ca_realisation_ids(&svc.pool, &drv).await {
+        let outputs = nix_outbox_store::floating_outputs(&top);
+        if outputs.is_empty() {
+            return None;
+        }
+        let ids = match nix_outbox_store::ca_realisation_ids_of(&svc.pool, &drv, &top).await {
             Ok(ids) => ids,
             Err(e) if lasting(&e) => {
                 tracing::warn!(
